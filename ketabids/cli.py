@@ -1,0 +1,398 @@
+"""Command line: ``run.py bids_dir output_dir {participant,group} [options]`` (BIDS-Apps 1.0)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from ketabids import __version__
+from ketabids.data.atlases import ATLASES
+from ketabids.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KetabidsError, UsageError
+from ketabids.resources import available_cpus, available_memory_gb
+from ketabids.settings import ColumnNames, GroupSettings, ParticipantSettings
+
+LOGGER = logging.getLogger("ketabids")
+DEFAULT_GROUP = GroupSettings(bids_dir=Path(), output_dir=Path())
+DEFAULT_COLUMNS = ColumnNames()
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Show each option's default unless its help already explains it or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            "default" in text
+            or action.default in (None, False, argparse.SUPPRESS)
+            or not action.option_strings
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose usage errors end with exit code 64 (EX_USAGE) instead of 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be zero or more, got {text}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full parser; every option documents its default."""
+    cpus = available_cpus()
+    parser = _Parser(
+        prog="ketabids",
+        description="Predict ketamine response in treatment-resistant depression from a pre-treatment "
+        "T1w MRI (Bryant et al., Transl Psychiatry 2026). The participant level measures regional grey "
+        "matter; the group level trains, validates and applies the classifier.",
+        formatter_class=_HelpFormatter,
+    )
+    parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset (never written to)")
+    parser.add_argument("output_dir", type=Path, help="where derivatives are written")
+    parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
+    parser.add_argument("--version", action="version", version=f"ketabids {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+
+    sel = parser.add_argument_group("selecting data")
+    sel.add_argument(
+        "--participant-label",
+        "--participant_label",
+        dest="participant_label",
+        nargs="+",
+        metavar="LABEL",
+        help="participants to process ('sub-' prefix optional); default: all",
+    )
+    sel.add_argument(
+        "--session-label",
+        "--session_label",
+        dest="session_label",
+        nargs="+",
+        metavar="LABEL",
+        help="participant level: sessions to process (default: all); group level: the one "
+        "(pre-treatment) session to use when participants have several",
+    )
+    sel.add_argument(
+        "--skip-bids-validation",
+        "--skip_bids_validator",
+        dest="skip_bids_validation",
+        action="store_true",
+        help="do not run the BIDS validator on the input dataset",
+    )
+    sel.add_argument("--atlas", choices=sorted(ATLASES), default="neuromorphometrics", help="regional atlas")
+
+    res = parser.add_argument_group("resources and reproducibility")
+    res.add_argument(
+        "-w",
+        "--work-dir",
+        type=Path,
+        help="working directory for resumable runs (default: OUTPUT_DIR/.ketabids-work)",
+    )
+    res.add_argument(
+        "--nprocs",
+        "--n_cpus",
+        "--n-cpus",
+        dest="nprocs",
+        type=_positive_int,
+        default=cpus,
+        help="parallel processes (default: the CPUs available to this process, here %(default)s)",
+    )
+    res.add_argument(
+        "--omp-nthreads",
+        type=_positive_int,
+        help="threads per ANTs/torch process (default: CPUs available / nprocs, at least 1)",
+    )
+    res.add_argument(
+        "--mem-gb",
+        type=_positive_float,
+        default=available_memory_gb(),
+        help="memory limit in GB for the scheduler (default: the memory available, here %(default)s)",
+    )
+    res.add_argument("--random-seed", type=_non_negative_int, default=0, help="seed of every random step")
+
+    part = parser.add_argument_group("participant level")
+    part.add_argument(
+        "--brain-extraction",
+        choices=["deepbet", "template"],
+        default="deepbet",
+        help="deepbet (CNN, weights bundled) or template (registration-based, no torch)",
+    )
+
+    grp = parser.add_argument_group("group level")
+    grp.add_argument(
+        "--features",
+        choices=["roi", "voxel"],
+        default=DEFAULT_GROUP.features,
+        help="regional GM volumes or modulated GM maps",
+    )
+    grp.add_argument(
+        "--classifier",
+        choices=["svm-linear", "svm-rbf", "logistic"],
+        default=DEFAULT_GROUP.classifier,
+        help="classifier (the paper used svm-linear)",
+    )
+    grp.add_argument(
+        "--covariates",
+        nargs="*",
+        choices=["tiv", "age", "sex", "site"],
+        default=list(DEFAULT_GROUP.covariates),
+        help="regressed out of the features inside the training folds",
+    )
+    grp.add_argument(
+        "--cv-repeats",
+        type=_positive_int,
+        default=DEFAULT_GROUP.cv_repeats,
+        help="repeats of the outer cross-validation",
+    )
+    grp.add_argument(
+        "--outer-folds",
+        type=_positive_int,
+        default=DEFAULT_GROUP.outer_folds,
+        help="outer (validation) folds",
+    )
+    grp.add_argument(
+        "--inner-folds", type=_positive_int, default=DEFAULT_GROUP.inner_folds, help="inner (tuning) folds"
+    )
+    grp.add_argument(
+        "--c-grid",
+        nargs="+",
+        type=_positive_float,
+        default=list(DEFAULT_GROUP.c_grid),
+        help="values of C tuned in the inner folds",
+    )
+    grp.add_argument(
+        "--n-permutations",
+        type=_non_negative_int,
+        default=DEFAULT_GROUP.n_permutations,
+        help="label permutations for p-values (0: none)",
+    )
+    grp.add_argument(
+        "--response-threshold",
+        type=_fraction,
+        default=DEFAULT_GROUP.response_threshold,
+        help="relative MADRS drop that defines response",
+    )
+    grp.add_argument(
+        "--discovery-cohort",
+        default=DEFAULT_GROUP.discovery_cohort,
+        help="value of the cohort column that marks the training cohort",
+    )
+    grp.add_argument(
+        "--model",
+        type=Path,
+        metavar="FILE",
+        help="apply this model.skops (trained elsewhere) instead of training",
+    )
+    grp.add_argument(
+        "--n-jobs",
+        type=_positive_int,
+        default=cpus,
+        help="parallel jobs for cross-validation and permutations (default: the CPUs available, here %(default)s)",
+    )
+
+    cols = parser.add_argument_group("participants.tsv column names")
+    for field in ("treatment", "cohort", "site", "age", "sex", "madrs_pre", "madrs_post"):
+        flag = "--" + field.replace("_", "-") + "-column"
+        cols.add_argument(flag, default=getattr(DEFAULT_COLUMNS, field), help=f"column holding {field}")
+    return parser
+
+
+def _configure_logging(verbosity: int) -> None:
+    level = logging.WARNING - 10 * (verbosity + 1)
+    logging.basicConfig(
+        level=max(level, logging.DEBUG),
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    LOGGER.setLevel(max(level, logging.DEBUG))
+
+
+def _prepare_environment(work_dir: Path) -> None:
+    """Keep every tool offline and out of an unwritable HOME."""
+    os.environ.setdefault("NIPYPE_NO_ET", "1")
+    os.environ.setdefault("NO_ET", "1")
+    home = Path(os.environ.get("HOME", "/"))
+    if not os.access(home, os.W_OK):
+        config = work_dir / "config"
+        config.mkdir(parents=True, exist_ok=True)
+        os.environ["HOME"] = str(config)
+        os.environ.setdefault("MPLCONFIGDIR", str(config / "matplotlib"))
+        os.environ.setdefault("XDG_CACHE_HOME", str(config / "cache"))
+        os.environ.setdefault("DENO_DIR", str(config / "deno"))
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    from ketabids.bids import check_bids_dir
+
+    bids_dir = check_bids_dir(args.bids_dir)
+    output_dir = args.output_dir.expanduser().resolve()
+    work_dir = (args.work_dir or output_dir / ".ketabids-work").expanduser().resolve()
+    for name, path in (("output_dir", output_dir), ("work directory", work_dir)):
+        if _inside(path, bids_dir):
+            raise UsageError(
+                f"{name} {path} lies inside the input dataset {bids_dir}; ketabids never writes there"
+            )
+    return bids_dir, output_dir, work_dir
+
+
+def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path, work_dir: Path) -> int:
+    from ketabids import bids
+    from ketabids.derivatives import write_bidsignore, write_dataset_description, write_dseg_tsv
+
+    labels = bids.clean_labels(args.participant_label, "sub-")
+    sessions = bids.clean_labels(args.session_label, "ses-")
+    if not args.skip_bids_validation:
+        bids.validate_dataset(bids_dir)
+    layout = bids.load_layout(bids_dir)
+    inputs = bids.select_t1w(layout, labels, sessions)
+    for item in inputs:
+        bids.check_image(item)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    write_dataset_description(output_dir, bids_dir)
+    write_bidsignore(output_dir)
+    write_dseg_tsv(output_dir)
+    settings = ParticipantSettings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        work_dir=work_dir,
+        participant_labels=labels,
+        session_labels=sessions,
+        atlas=args.atlas,
+        nprocs=args.nprocs,
+        omp_nthreads=args.omp_nthreads or max(1, available_cpus() // args.nprocs),
+        mem_gb=args.mem_gb,
+        random_seed=args.random_seed,
+        brain_extraction=args.brain_extraction,
+    )
+    LOGGER.info("participant level: %d T1w image(s) -> %s", len(inputs), output_dir)
+    from ketabids.participant import run_participant_level
+
+    failures = run_participant_level(settings, inputs)
+    for failure in failures:
+        LOGGER.error("%s", failure)
+    if failures:
+        LOGGER.error(
+            "%d of %d participant run(s) failed; the others' outputs are complete", len(failures), len(inputs)
+        )
+        return EXIT_FAILURE
+    LOGGER.info("participant level finished: reports in %s", output_dir)
+    return EXIT_OK
+
+
+def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> GroupSettings:
+    """Map the parsed options onto the group level's settings."""
+    from ketabids.bids import clean_labels
+
+    sessions = clean_labels(args.session_label, "ses-")
+    if len(sessions) > 1:
+        raise UsageError("the group level uses one pre-treatment session: give a single --session-label")
+    columns = ColumnNames(
+        treatment=args.treatment_column,
+        cohort=args.cohort_column,
+        site=args.site_column,
+        age=args.age_column,
+        sex=args.sex_column,
+        madrs_pre=args.madrs_pre_column,
+        madrs_post=args.madrs_post_column,
+    )
+    if args.model is not None and not args.model.is_file():
+        from ketabids.errors import InputMissingError
+
+        raise InputMissingError(f"model file not found: {args.model}")
+    return GroupSettings(
+        bids_dir=bids_dir,
+        output_dir=output_dir,
+        participant_labels=clean_labels(args.participant_label, "sub-"),
+        session_label=sessions[0] if sessions else None,
+        atlas=args.atlas,
+        features=args.features,
+        classifier=args.classifier,
+        covariates=tuple(args.covariates),
+        cv_repeats=args.cv_repeats,
+        outer_folds=args.outer_folds,
+        inner_folds=args.inner_folds,
+        c_grid=tuple(args.c_grid),
+        n_permutations=args.n_permutations,
+        response_threshold=args.response_threshold,
+        discovery_cohort=args.discovery_cohort,
+        model_file=args.model.resolve() if args.model else None,
+        n_jobs=args.n_jobs,
+        random_seed=args.random_seed,
+        columns=columns,
+    )
+
+
+def _run_group(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> int:
+    settings = group_settings(args, bids_dir, output_dir)
+    from ketabids.group import run_group_level
+
+    run_group_level(settings)
+    LOGGER.info("group level finished: report in %s", output_dir / "group" / "report.html")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ketabids; return the exit code (0 ok, 1 failure, 16 invalid BIDS, 64 usage, 65 bad data, 66 missing)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version and usage errors
+        return int(exc.code or 0)
+    _configure_logging(args.verbose)
+    try:
+        bids_dir, output_dir, work_dir = _check_paths(args)
+        _prepare_environment(
+            work_dir if args.analysis_level == "participant" else Path(tempfile.gettempdir())
+        )
+        if args.analysis_level == "participant":
+            return _run_participant(args, bids_dir, output_dir, work_dir)
+        return _run_group(args, bids_dir, output_dir)
+    except KetabidsError as exc:
+        LOGGER.error("%s", exc)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        LOGGER.error("interrupted")
+        return 130
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

@@ -5,9 +5,9 @@ from pathlib import Path
 
 def _read_version() -> str:
     """Return the version from the single ``version`` file (repo checkout or installed copy)."""
-    for candidate in (Path(__file__).parent / "VERSION", Path(__file__).parent.parent / "version"):
-        if candidate.is_file():
-            return candidate.read_text().strip()
+    repo_file = Path(__file__).parent.parent / "version"
+    if repo_file.is_file():
+        return repo_file.read_text().strip()
     try:
         from importlib.metadata import version
 

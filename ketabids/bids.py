@@ -7,6 +7,7 @@ import logging
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,7 +59,7 @@ def check_bids_dir(bids_dir: Path) -> Path:
 
 def validate_dataset(bids_dir: Path) -> None:
     """Run the official BIDS validator (offline); raise ``BidsValidationError`` with its first errors."""
-    executable = shutil.which(VALIDATOR)
+    executable = shutil.which(VALIDATOR) or shutil.which(VALIDATOR, path=str(Path(sys.executable).parent))
     if executable is None:
         LOGGER.warning("%s is not installed: skipping BIDS validation", VALIDATOR)
         return

@@ -37,7 +37,9 @@ def test_version_is_single_sourced():
 
 
 def test_descriptor_validates_with_bosh():
-    result = subprocess.run(["bosh", "validate", str(ROOT / "boutiques.json")], capture_output=True, text=True)
+    result = subprocess.run(
+        ["bosh", "validate", str(ROOT / "boutiques.json")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert descriptor()["custom"]["BIDSApplicationVersion"] == "1.0.0"
 

@@ -246,7 +246,7 @@ def _prepare_environment(work_dir: Path) -> None:
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("NO_ET", "1")
     home = Path(os.environ.get("HOME", "/"))
-    if not os.access(home, os.W_OK):
+    if not (home.is_dir() and os.access(home, os.W_OK)):
         config = work_dir / "config"
         config.mkdir(parents=True, exist_ok=True)
         os.environ["HOME"] = str(config)

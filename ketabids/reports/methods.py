@@ -1,0 +1,192 @@
+"""Methods text to cite, its references, and the versions of the software that produced a result."""
+
+from __future__ import annotations
+
+import platform
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+
+from ketabids import __version__
+from ketabids.data import ATLASES, TEMPLATE_NAME
+
+# Distributions whose versions a report lists, in this order (ketabids and Python are added first).
+SOFTWARE_PACKAGES: tuple[str, ...] = (
+    "antspyx",
+    "deepbet",
+    "torch",
+    "nipype",
+    "nibabel",
+    "nilearn",
+    "pybids",
+    "numpy",
+    "scipy",
+    "pandas",
+    "scikit-learn",
+    "skops",
+    "matplotlib",
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One bibliographic reference; ``doi`` without the ``https://doi.org/`` prefix."""
+
+    key: str
+    text: str
+    doi: str
+
+    @property
+    def url(self) -> str:
+        return f"https://doi.org/{self.doi}"
+
+
+REFERENCES: dict[str, Reference] = {
+    ref.key: ref
+    for ref in (
+        Reference(
+            "bryant2026",
+            "Bryant et al. Structural imaging predictors of ketamine response in treatment-resistant "
+            "depression: a machine learning approach. Transl Psychiatry. 2026.",
+            "10.1038/s41398-026-04085-4",
+        ),
+        Reference(
+            "nipype",
+            "Gorgolewski K, Burns CD, Madison C, et al. Nipype: a flexible, lightweight and extensible "
+            "neuroimaging data processing framework in Python. Front Neuroinform. 2011;5:13.",
+            "10.3389/fninf.2011.00013",
+        ),
+        Reference(
+            "antsx",
+            "Tustison NJ, Cook PA, Holbrook AJ, et al. The ANTsX ecosystem for quantitative biological "
+            "and medical imaging. Sci Rep. 2021;11:9068.",
+            "10.1038/s41598-021-87564-6",
+        ),
+        Reference(
+            "n4",
+            "Tustison NJ, Avants BB, Cook PA, et al. N4ITK: improved N3 bias correction. "
+            "IEEE Trans Med Imaging. 2010;29(6):1310-1320.",
+            "10.1109/TMI.2010.2046908",
+        ),
+        Reference(
+            "deepbet",
+            "Fisch L, Zumdick S, Barkhau C, et al. deepbet: fast brain extraction of T1-weighted MRI "
+            "using convolutional neural networks. Comput Biol Med. 2024;179:108845.",
+            "10.1016/j.compbiomed.2024.108845",
+        ),
+        Reference(
+            "atropos",
+            "Avants BB, Tustison NJ, Wu J, Cook PA, Gee JC. An open source multivariate framework for "
+            "n-tissue segmentation with evaluation on public data. Neuroinformatics. 2011;9(4):381-400.",
+            "10.1007/s12021-011-9109-y",
+        ),
+        Reference(
+            "syn",
+            "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration with "
+            "cross-correlation: evaluating automated labeling of elderly and neurodegenerative brain. "
+            "Med Image Anal. 2008;12(1):26-41.",
+            "10.1016/j.media.2007.06.004",
+        ),
+        Reference(
+            "mni2009",
+            "Fonov V, Evans AC, Botteron K, et al. Unbiased average age-appropriate atlases for pediatric "
+            "studies. NeuroImage. 2011;54(1):313-327.",
+            "10.1016/j.neuroimage.2010.07.033",
+        ),
+        Reference(
+            "nilearn",
+            "Abraham A, Pedregosa F, Eickenberg M, et al. Machine learning for neuroimaging with "
+            "scikit-learn. Front Neuroinform. 2014;8:14.",
+            "10.3389/fninf.2014.00014",
+        ),
+        Reference(
+            "neuromorphometrics",
+            "Landman BA, Warfield SK (eds). MICCAI 2012 Workshop on Multi-Atlas Labeling (labels "
+            "provided by Neuromorphometrics, Inc.), as distributed with CAT12: Gaser C, Dahnke R, "
+            "Thompson PM, et al. CAT: a computational anatomy toolbox for the analysis of structural MRI "
+            "data. GigaScience. 2024;13:giae049.",
+            "10.1093/gigascience/giae049",
+        ),
+        Reference(
+            "aal",
+            "Rolls ET, Huang CC, Lin CP, Feng J, Joliot M. Automated anatomical labelling atlas 3. "
+            "NeuroImage. 2020;206:116189.",
+            "10.1016/j.neuroimage.2019.116189",
+        ),
+        Reference(
+            "harvard_oxford",
+            "Desikan RS, Ségonne F, Fischl B, et al. An automated labeling system for subdividing the "
+            "human cerebral cortex on MRI scans into gyral based regions of interest. NeuroImage. "
+            "2006;31(3):968-980.",
+            "10.1016/j.neuroimage.2006.01.021",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Methods:
+    """A methods paragraph whose ``[n]`` markers number into ``references``."""
+
+    text: str
+    references: tuple[Reference, ...]
+
+
+def software_versions(packages: Sequence[str] = SOFTWARE_PACKAGES) -> dict[str, str]:
+    """Versions of ketabids, Python and the installed ``packages`` ("not installed" when absent)."""
+    versions = {"ketabids": __version__, "python": platform.python_version()}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def _cite(keys: Sequence[str], cited: list[str]) -> str:
+    """Return ``[n, m]`` for ``keys``, numbering references in order of first citation."""
+    for key in keys:
+        if key not in cited:
+            cited.append(key)
+    return "[" + ", ".join(str(cited.index(key) + 1) for key in keys) + "]"
+
+
+def participant_methods(atlas: str, software: Mapping[str, str] | None = None) -> Methods:
+    """The participant-level methods paragraph for ``atlas``, with versions from ``software``."""
+    versions = dict(software) if software is not None else software_versions()
+    cited: list[str] = []
+
+    def version(name: str) -> str:
+        return versions.get(name, "unknown version")
+
+    def cite(*keys: str) -> str:
+        return _cite([key for key in keys if key in REFERENCES], cited)
+
+    sentences = [
+        f"Structural images were processed with ketabids {version('ketabids')} {cite('bryant2026')}, "
+        f"a workflow built with Nipype {version('nipype')} {cite('nipype')} that runs the ANTs "
+        f"algorithms through ANTsPy (antspyx {version('antspyx')}) {cite('antsx')}.",
+        "One T1-weighted (T1w) image per participant and session was reoriented to RAS and corrected "
+        f"for intensity non-uniformity with N4 {cite('n4')}.",
+        f"The brain was extracted with deepbet {version('deepbet')} {cite('deepbet')}, a convolutional "
+        "neural network run on the CPU.",
+        "The brain was segmented into grey matter (GM), white matter (WM) and cerebrospinal fluid (CSF) "
+        f"with Atropos {cite('atropos')}, using the template tissue probability maps as priors; the "
+        "posterior probabilities were kept as partial-volume estimates and a hard segmentation was "
+        "derived from them.",
+        f"The T1w image was registered nonlinearly to the {TEMPLATE_NAME} template {cite('mni2009')} "
+        f"(as distributed with nilearn {version('nilearn')} {cite('nilearn')}) with symmetric "
+        f"diffeomorphic normalisation (SyN) {cite('syn')}.",
+        f"The {ATLASES.get(atlas, atlas).split(' (')[0]} atlas"
+        + (f" {cite(atlas)}" if atlas in REFERENCES else "")
+        + " was brought into native space with the inverse transform, and the GM volume of each region "
+        "was computed as the sum of the GM probability times the voxel volume.",
+        "Total intracranial volume (TIV) was the sum of the GM, WM and CSF volumes, and a "
+        "Jacobian-modulated GM map in template space was saved for voxel-wise analyses.",
+        "Quality-control metrics (contrast-to-noise ratio, coefficient of joint variation, "
+        "signal-to-noise ratio, similarity to the template after registration and brain volume) were "
+        "computed for every image.",
+        f"The regional GM volumes are the inputs of the ketamine-response model of Bryant et al. "
+        f"{cite('bryant2026')}.",
+    ]
+    return Methods(text=" ".join(sentences), references=tuple(REFERENCES[key] for key in cited))

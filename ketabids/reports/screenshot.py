@@ -1,0 +1,60 @@
+"""Screenshot an HTML report with headless Chromium (for checking that a report renders)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+CHROMIUM_CANDIDATES: tuple[str, ...] = ("/usr/bin/chromium", "chromium", "chromium-browser", "google-chrome")
+_FLAGS: tuple[str, ...] = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+    "--hide-scrollbars",
+)
+
+
+class ChromiumNotFoundError(RuntimeError):
+    """Raised when no Chromium executable is installed."""
+
+
+def find_chromium() -> str:
+    """Path of a Chromium executable, or ``ChromiumNotFoundError``."""
+    for candidate in CHROMIUM_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise ChromiumNotFoundError(
+        "headless Chromium is needed for screenshots but was not found "
+        f"(looked for {', '.join(CHROMIUM_CANDIDATES)}); install it, e.g. 'apt-get install chromium'"
+    )
+
+
+def screenshot(html: Path, png: Path, width: int = 1200, height: int = 8000, timeout: float = 120) -> Path:
+    """Render ``html`` in headless Chromium at ``width`` x ``height`` pixels into ``png``; return ``png``."""
+    html, png = Path(html).resolve(), Path(png).resolve()
+    if not html.is_file():
+        raise FileNotFoundError(f"no HTML file at {html}")
+    chromium = find_chromium()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    png.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="ketabids-chromium-") as profile:
+        command = [
+            chromium,
+            *_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            html.as_uri(),
+        ]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+    if result.returncode != 0 or not png.is_file():
+        raise RuntimeError(f"Chromium could not screenshot {html}: {result.stderr.strip()[-500:]}")
+    return png

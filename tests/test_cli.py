@@ -5,8 +5,8 @@ from __future__ import annotations
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import tree_fingerprint, write_tiny_t1w
 
+from conftest import tree_fingerprint, write_tiny_t1w
 from ketabids import __version__
 from ketabids.cli import build_parser, main
 
@@ -157,7 +157,6 @@ def test_first_run_is_chosen_and_all_runs_listed(tiny_bids):
 
 def test_run_index_orders_numerically(tmp_path):
     from conftest import make_tiny_bids
-
     from ketabids.bids import load_layout, select_t1w
 
     bids_dir = make_tiny_bids(tmp_path / "b", subjects=("01",))

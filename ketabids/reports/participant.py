@@ -278,10 +278,8 @@ def _template_contours() -> tuple[tuple[slice, slice, slice], list[Contour]]:
     """The template's tissue boundaries and brain outline, cropped around the brain (computed once)."""
     template = load_template()
     box = crop_box(template.mask, margin_mm=5)
-    tissue = nib.Nifti1Image(template.gm.get_fdata() + template.wm.get_fdata(), template.affine)
     contours = [
         Contour(as_ras(template.wm.slicer[box]), "#3c9cff", "template GM/WM boundary"),
-        Contour(as_ras(tissue.slicer[box]), "#ff3030", "template GM/CSF boundary"),
         Contour(as_ras(template.mask.slicer[box]), "#ffd400", "template brain mask"),
     ]
     return box, contours

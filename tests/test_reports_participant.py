@@ -287,6 +287,29 @@ def test_sessions_share_one_file_and_missing_steps_are_explained(
         write_subject_report(tmp_path / "x.html", subject="01", sessions=[], atlas="aal")
 
 
+def test_unusual_inputs_still_give_a_report(
+    images: dict[str, Path], regional: pd.DataFrame, tmp_path: Path
+) -> None:
+    """An integer 4D (one volume) T1w, a mask on another grid and an empty segmentation."""
+    t1w = nib.load(images["t1w"])
+    integer_4d = tmp_path / "t1w_4d.nii.gz"
+    nib.save(nib.Nifti1Image(t1w.get_fdata()[..., None].astype(np.int16), t1w.affine), integer_4d)
+    mask = resample_img(nib.load(images["mask"]), np.diag([4.0, 4.0, 4.0]), interpolation="nearest")
+    nib.save(mask, tmp_path / "mask_4mm.nii.gz")
+    empty = tmp_path / "empty.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(t1w.shape, np.uint8), t1w.affine), empty)
+    out = write_participant_report(
+        tmp_path / "sub-01.html", subject="01", session=None, t1w=integer_4d, mask=tmp_path / "mask_4mm.nii.gz",
+        dseg=empty, t1w_in_template=None, regional=regional, tissue={}, qc={}, atlas="aal",
+    )  # fmt: skip
+    assert len(parse(out).images) == 2
+    with pytest.raises(ValueError, match="gm_volume_mm3"):
+        write_participant_report(
+            tmp_path / "sub-02.html", subject="02", session=None, t1w=integer_4d, mask=None, dseg=None,
+            t1w_in_template=None, regional=regional.drop(columns="gm_volume_mm3"), tissue={}, qc={}, atlas="aal",
+        )  # fmt: skip
+
+
 def test_cut_coords_hit_the_mask_in_any_orientation(images: dict[str, Path]) -> None:
     mask = nib.load(images["mask"])
     inverse = np.linalg.inv(mask.affine)

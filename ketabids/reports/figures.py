@@ -139,6 +139,7 @@ def contour_mosaic(
         bg = as_ras(background)
         vmax = robust_max(bg)
         overlays = [(as_ras(contour.image), contour) for contour in contours]
+        overlays = [(img, c) for img, c in overlays if np.nanmax(img.get_fdata(), initial=0) > c.level]
         total = row_height * len(rows) + legend_height
         for row, axis in enumerate(rows):
             bottom = (legend_height + row_height * (len(rows) - row - 1)) / total

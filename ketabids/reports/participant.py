@@ -33,6 +33,7 @@ from ketabids.reports.figures import (
     crop_box,
     cut_coords,
     load_image,
+    robust_max,
 )
 from ketabids.reports.methods import participant_methods, software_versions
 
@@ -186,6 +187,10 @@ def write_subject_report(
     """
     if not sessions:
         raise ValueError(f"no sessions to report for sub-{subject}")
+    for inputs in sessions:
+        missing = {"index", "name", "gm_volume_mm3"} - set(inputs.regional.columns)
+        if missing:
+            raise ValueError(f"regional table of sub-{subject} lacks columns {sorted(missing)}")
     versions = dict(software) if software is not None else software_versions()
     methods = participant_methods(atlas, versions)
     context = {
@@ -242,9 +247,8 @@ def _describe_image(path: Path) -> dict[str, str]:
 def _figures(inputs: SessionInputs) -> dict[str, str | None]:
     """PNG data URIs of the three checks (None where the input image is missing)."""
     figures: dict[str, str | None] = {"mask": None, "dseg": None, "registration": None}
-    reference_path = inputs.mask if inputs.mask is not None else inputs.dseg
-    if reference_path is not None:
-        reference, t1w = load_image(reference_path), load_image(inputs.t1w)
+    if inputs.mask is not None or inputs.dseg is not None:
+        t1w, reference = load_image(inputs.t1w), _slice_reference(inputs)
         box = crop_box(reference)
         coords = cut_coords(reference)
 
@@ -271,6 +275,18 @@ def _figures(inputs: SessionInputs) -> dict[str, str | None]:
         warped = warped.slicer[box] if warped.shape[:3] == load_template().t1w.shape else warped
         figures["registration"] = contour_mosaic(warped, contours, cut_coords(contours[-1].image))
     return figures
+
+
+def _slice_reference(inputs: SessionInputs) -> nib.Nifti1Image:
+    """The image that places and crops the slices: the mask, else the segmentation, else the head."""
+    for path in (inputs.mask, inputs.dseg):
+        if path is not None:
+            img = binary_image(path)
+            if np.asanyarray(img.dataobj).any():
+                return img
+    t1w = load_image(inputs.t1w)
+    head = np.asanyarray(t1w.dataobj) > 0.1 * robust_max(t1w)
+    return nib.Nifti1Image(head.astype(np.float32), t1w.affine)
 
 
 @lru_cache(maxsize=1)

@@ -1,0 +1,566 @@
+"""Whole-head T1w phantoms with known truth, built from the MNI152NLin2009aSym tissue maps.
+
+Frames (all in mm):
+
+* ``y`` template (MNI) space, where the tissue priors, the atlas and the non-brain head model live;
+* ``z`` the subject's unscaled anatomy and ``x = head_scale * z`` the subject's anatomy.
+  The subject is the template pulled back through ``y = c + L (z - c) - w(z) - u(z)``: ``L`` a
+  volume-preserving linear stretch, ``w`` a smooth divergence-free random warp (shape, not volume)
+  and ``u`` the gradient of a potential whose divergence sets the regional GM changes;
+* scanner ("world") space ``p = R x + t`` (the head pose), sampled on the scanner grid.
+
+The anatomy depends only on ``anatomy_seed``, ``regional_change`` and ``head_scale``; the pose,
+field of view, contrast, bias field and noise only on ``acquisition_seed``. The truth maps live on a
+grid aligned with the anatomy (spacing = the smallest voxel size) whose affine carries the pose, so
+they overlay the T1w in world space and are identical between rescans up to that affine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from nibabel.processing import resample_from_to
+from scipy import fft, ndimage
+from scipy.spatial.transform import Rotation
+
+from ketabids.data.atlases import load_atlas
+from ketabids.data.templates import load_template
+
+CENTRE = np.array([0.0, -18.0, 10.0])  # centre of the brain in MNI mm (stretch/pose pivot)
+BRAIN_BOX = (np.array([-72.0, -107.0, -72.0]), np.array([72.0, 73.0, 82.0]))  # MNI bounding box of the ICV
+HEAD_BOX = (np.array([-112.0, -150.0, -230.0]), np.array([112.0, 140.0, 130.0]))  # head + neck model extent
+HEAD_SPACING = 2.0  # mm, spacing of the non-brain head model
+
+ORIENTATIONS = ("LAS", "RAS", "PIR", "LPS")  # storage orientations of the scanner grid
+_AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
+
+# T1w (MPRAGE-like) intensities relative to white matter
+WM, GM, CSF = 1.0, 0.63, 0.22
+BONE, MARROW, MUSCLE, FAT, SKIN, EYE, CORD = 0.08, 0.55, 0.45, 1.15, 0.55, 0.15, 0.85
+
+
+@dataclass(frozen=True)
+class Phantom:
+    """A simulated T1w scan and the truth a perfect instrument would measure.
+
+    ``t1w`` is the scan (int16, scanner grid, pose in the affine). ``gm``, ``wm``, ``csf`` (tissue
+    fractions), ``brain_mask`` (intracranial: GM + WM + CSF >= 0.5) and ``labels`` (atlas labels
+    carried through the subject's deformation) are native-space truth images on the anatomy grid;
+    ``on_scan_grid`` resamples any of them onto the T1w grid. ``regional_gm`` has one row per GM
+    atlas region (``index``, ``name``, ``gm_volume_mm3``) and ``tissue_volumes`` one row
+    (``tiv_mm3``, ``gm_volume_mm3``, ``wm_volume_mm3``, ``csf_volume_mm3``), both sums of the truth
+    images times the voxel volume.
+    """
+
+    t1w: nib.Nifti1Image
+    gm: nib.Nifti1Image
+    wm: nib.Nifti1Image
+    csf: nib.Nifti1Image
+    brain_mask: nib.Nifti1Image
+    labels: nib.Nifti1Image
+    regional_gm: pd.DataFrame
+    tissue_volumes: pd.DataFrame
+    atlas: str
+    acquisition: dict = field(default_factory=dict)
+
+    @property
+    def tiv_mm3(self) -> float:
+        return float(self.tissue_volumes["tiv_mm3"].iloc[0])
+
+    def on_scan_grid(self, img: nib.Nifti1Image, *, order: int = 1) -> nib.Nifti1Image:
+        """Resample a truth image onto the T1w grid (``order=0`` for labels and masks)."""
+        return resample_from_to(img, self.t1w, order=order, mode="constant", cval=0.0)
+
+
+# ----------------------------------------------------------------------------- template space
+
+
+def _prefilter_sigma(spacing: float) -> float:
+    """Gaussian (voxels of 1 mm) equivalent to averaging the 1 mm template over a voxel of ``spacing``."""
+    return float(np.sqrt(max(spacing**2 - 1.0, 0.0) / 12.0))
+
+
+@lru_cache(maxsize=4)
+def _tissue_maps(spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Template GM, WM and intracranial (ICV) fractions, smoothed for sampling at ``spacing``; + affine."""
+    template = load_template()
+    icv = ndimage.gaussian_filter(template.mask.get_fdata(dtype=np.float32), 0.5)
+    gm = np.minimum(template.gm.get_fdata(dtype=np.float32), icv)
+    wm = np.minimum(template.wm.get_fdata(dtype=np.float32), icv - gm)
+    sigma = _prefilter_sigma(spacing)
+    if sigma > 0.1:
+        gm, wm, icv = (ndimage.gaussian_filter(a, sigma) for a in (gm, wm, icv))
+    return gm, wm, icv, template.affine
+
+
+def _sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, order: int = 1) -> np.ndarray:
+    """Values of ``volume`` at world points (3, N) through its affine; 0 outside."""
+    ijk = _apply(np.linalg.inv(affine), points)
+    if order == 0:
+        idx = np.rint(ijk).astype(np.intp)
+        inside = np.all((idx >= 0) & (idx < np.array(volume.shape)[:, None]), axis=0)
+        out = np.zeros(points.shape[1], dtype=volume.dtype)
+        out[inside] = volume[tuple(idx[:, inside])]
+        return out
+    return ndimage.map_coordinates(volume, ijk, order=order, mode="constant", cval=0.0, prefilter=False)
+
+
+def _apply(affine: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a 4 x 4 affine to points (3, N), in float32."""
+    out = affine[:3, :3].astype(np.float32) @ np.asarray(points, dtype=np.float32)
+    out += affine[:3, 3:].astype(np.float32)
+    return out
+
+
+def _grid_points(shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+    return _apply(affine, np.indices(shape, dtype=np.float32).reshape(3, -1))
+
+
+def _box_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> tuple[tuple[int, int, int], np.ndarray]:
+    shape = tuple(int(np.ceil((b - a) / spacing)) + 1 for a, b in zip(lo, hi, strict=True))
+    affine = np.diag([spacing, spacing, spacing, 1.0])
+    affine[:3, 3] = lo
+    return shape, affine
+
+
+@lru_cache(maxsize=2)
+def _head_model() -> tuple[np.ndarray, np.ndarray]:
+    """Non-brain T1w intensity in template space: skull, scalp, face, eyes, neck, spine, shoulders."""
+    shape, affine = _box_grid(*HEAD_BOX, HEAD_SPACING)
+    icv, t_affine = _tissue_maps(1.0)[2:]
+    points = _grid_points(shape, affine)
+    inside = _sample(icv, t_affine, points).reshape(shape) >= 0.5
+    d = ndimage.distance_transform_edt(~inside, sampling=HEAD_SPACING).astype(np.float32)
+    x, y, z = (c.reshape(shape) for c in points)
+    head = np.full(shape, CSF, dtype=np.float32)
+    for upper, value in ((2.0, BONE), (4.5, MARROW), (6.5, BONE), (8.5, MUSCLE), (12.5, FAT), (14.0, SKIN)):
+        head[(d > 0) & (d <= upper) & (head == CSF)] = value
+    head[d > 14.0] = 0.0
+
+    def ellipse(cx, cy, rx, ry):  # normalised radius of an elliptic cylinder along z
+        return np.sqrt(((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2)
+
+    def body(rho, r_min, where):  # soft tissue with a fat layer and skin at the surface
+        depth = (1 - rho) * r_min
+        region = where & (rho <= 1) & (d > 6.5)
+        head[region] = MUSCLE
+        head[region & (depth < 7)] = FAT
+        head[region & (depth < 1.5)] = SKIN
+
+    # face: lower-anterior soft tissue mass with nose, eyes, sinuses and a mandible
+    face = np.sqrt((x / 58) ** 2 + ((y - 48) / 48) ** 2 + ((z + 48) / 52) ** 2)
+    nose = (y > 60) & (y < 102) & (np.abs(x) < (102 - y) * 0.45) & (z > -62) & (z < -18 + (y - 102) * 0.2)
+    body(np.where(nose, 0.0, face), 30.0, (face <= 1) | nose)
+    mandible = (face > 0.78) & (face <= 0.9) & (z < -70) & (y > 0)
+    head[mandible & (d > 6.5)] = BONE
+    for sx in (-1, 1):
+        eye = np.sqrt((x - 32 * sx) ** 2 + (y - 60) ** 2 + (z + 30) ** 2)
+        head[(eye < 17) & (d > 3)] = FAT
+        head[(eye < 12) & (d > 3)] = EYE
+        sinus = np.sqrt(((x - 25 * sx) / 12) ** 2 + ((y - 42) / 15) ** 2 + ((z + 55) / 14) ** 2)
+        head[(sinus < 1) & (d > 3)] = 0.0
+    # neck and shoulders
+    neck = ellipse(0, -20, 52, 58)
+    body(neck, 52.0, z < -45)
+    widen = np.clip((-150 - z) / 40, 0, 1)
+    shoulders = ellipse(0, -20, 52 + 130 * widen, 58 + 12 * widen)
+    body(shoulders, 58.0, z < -150)
+    # spine: canal with cord under the brain stem, vertebral bodies in front, airway in front of them
+    below = z < -60
+    canal = ellipse(0, -45, 8, 8)
+    vertebra = ellipse(0, -24, 13, 11)
+    head[below & (canal < 1.6)] = BONE
+    head[below & (canal < 1.4)] = MARROW
+    head[below & (canal < 1)] = CSF
+    head[below & (canal < 0.55)] = CORD
+    head[below & (vertebra < 1)] = BONE
+    head[below & (vertebra < 0.8)] = MARROW
+    head[(z < -50) & (ellipse(0, 0, 9, 7) < 1)] = 0.0
+    return ndimage.gaussian_filter(head, 0.5), affine
+
+
+# ----------------------------------------------------------------------------- anatomy
+
+
+@dataclass(frozen=True)
+class _Anatomy:
+    """The subject's pull-back to template space, evaluated where needed."""
+
+    scale: float
+    stretch: np.ndarray  # 3 x 3, det 1
+    warp: np.ndarray  # (3, nx, ny, nz) divergence-free displacement on a coarse grid (z frame)
+    warp_affine: np.ndarray
+
+    def template_points(self, x: np.ndarray, displacement: np.ndarray | None = None) -> np.ndarray:
+        """Template coordinates ``y`` of subject points ``x`` (3, N); ``displacement`` (3, N) adds ``u``."""
+        z = x / np.float32(self.scale)
+        affine = np.eye(4)
+        affine[:3, :3] = self.stretch
+        affine[:3, 3] = CENTRE - self.stretch @ CENTRE
+        y = _apply(affine, z) - self.random_warp(z)
+        return y if displacement is None else y - displacement
+
+    def random_warp(self, z: np.ndarray) -> np.ndarray:
+        ijk = _apply(np.linalg.inv(self.warp_affine), z)
+        return np.stack(
+            [ndimage.map_coordinates(c, ijk, order=1, mode="nearest", prefilter=False) for c in self.warp]
+        )
+
+
+def _random_anatomy(seed: int, scale: float, warp_mm: float = 3.0, stretch_sd: float = 0.04) -> _Anatomy:
+    rng = np.random.default_rng([seed, 1])
+    log_stretch = rng.normal(0, stretch_sd, (3, 3))
+    log_stretch = (log_stretch + log_stretch.T) / 2
+    log_stretch -= np.trace(log_stretch) / 3 * np.eye(3)
+    w, v = np.linalg.eigh(log_stretch)
+    stretch = v @ np.diag(np.exp(w)) @ v.T
+    spacing = 10.0
+    shape, affine = _box_grid(HEAD_BOX[0] - 20, HEAD_BOX[1] + 20, spacing)
+    potential = [ndimage.gaussian_filter(rng.normal(size=shape), 2.5, mode="wrap") for _ in range(3)]
+    grads = [np.gradient(a, spacing) for a in potential]  # grads[i][j] = d A_i / d z_j
+    curl = np.stack([grads[2][1] - grads[1][2], grads[0][2] - grads[2][0], grads[1][0] - grads[0][1]])
+    magnitude = np.sqrt((curl**2).sum(0))
+    curl *= warp_mm / np.percentile(magnitude, 99)
+    return _Anatomy(scale, stretch, curl.astype(np.float32), affine)
+
+
+@lru_cache(maxsize=8)
+def _atlas_arrays(atlas: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+    a = load_atlas(atlas)
+    return np.asarray(a.image.dataobj).astype(np.int16), a.image.affine, a.gm_labels
+
+
+@lru_cache(maxsize=8)
+def _template_regional_gm(atlas: str, spacing: float) -> np.ndarray:
+    """GM volume (mm3) per label index of the undeformed template, sampled at ``spacing``."""
+    gm, _, _, t_affine = _tissue_maps(spacing)
+    labels, l_affine, _ = _atlas_arrays(atlas)
+    shape, affine = _box_grid(*BRAIN_BOX, spacing)
+    points = _grid_points(shape, affine)
+    lab = _sample(labels, l_affine, points, order=0)
+    values = _sample(gm, t_affine, points)
+    return np.bincount(lab.clip(0), weights=values, minlength=labels.max() + 1) * spacing**3
+
+
+def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
+    """Displacement ``u = grad(psi)`` with ``div u = source`` (spectral Poisson solve, zero-padded)."""
+    pad = [fft.next_fast_len(n + 8, real=True) for n in source.shape]
+    padded = np.zeros(pad, dtype=np.float32)
+    padded[tuple(slice(0, n) for n in source.shape)] = source
+    spectrum = fft.rfftn(padded, workers=-1)
+    ks = [2 * np.pi * fft.fftfreq(n, spacing) for n in pad[:2]] + [2 * np.pi * fft.rfftfreq(pad[2], spacing)]
+    kx, ky, kz = (k.astype(np.float32) for k in np.meshgrid(*ks, indexing="ij", sparse=True))
+    k2 = kx**2 + ky**2 + kz**2
+    k2[0, 0, 0] = 1.0
+    psi = spectrum / -k2
+    psi[0, 0, 0] = 0.0
+    crop = tuple(slice(0, n) for n in source.shape)
+    u = np.empty((3, *source.shape), dtype=np.float32)
+    for i, k in enumerate((kx, ky, kz)):
+        u[i] = fft.irfftn(psi * (1j * k), s=pad, workers=-1)[crop]
+    # the periodic solve removes the mean source; a uniform expansion about the centre puts it back
+    mean = float(padded.mean(dtype=np.float64))
+    for i, n in enumerate(source.shape):
+        ramp = (np.arange(n, dtype=np.float32) - n / 2) * spacing * mean / 3
+        u[i] += ramp.reshape([-1 if j == i else 1 for j in range(3)])
+    return u
+
+
+def _regional_displacement(
+    anatomy: _Anatomy,
+    change: Mapping[int, float],
+    atlas: str,
+    shape: tuple[int, int, int],
+    affine: np.ndarray,
+    *,
+    iterations: int = 4,
+    tolerance: float = 0.002,
+) -> np.ndarray:
+    """Displacement ``u`` (3, *shape) on the anatomy grid that changes each GM region by its fraction.
+
+    The source (``div u``) is an amplitude per region on that region's labels. Every GM region is a
+    target (0 when not requested), measured on this grid against the same anatomy without change;
+    a secant iteration per region calibrates away the second-order terms of the Jacobian and the
+    leakage of one region's expansion into its neighbours. A region has converged within
+    ``tolerance`` or half a voxel of GM.
+    """
+    u = np.zeros((3, *shape), dtype=np.float32)
+    if not any(change.values()):
+        return u
+    spacing = float(affine[0, 0])
+    gm, _, _, t_affine = _tissue_maps(spacing)
+    labels, l_affine, gm_labels = _atlas_arrays(atlas)
+    y0 = anatomy.template_points(_grid_points(shape, affine))
+    lab = _sample(labels, l_affine, y0, order=0).clip(0)
+    near = ndimage.binary_dilation((lab > 0).reshape(shape), iterations=max(2, int(6 / spacing))).ravel()
+    n_labels = labels.max() + 1
+    voxel = spacing**3
+
+    def measure(displacement: np.ndarray | None) -> np.ndarray:
+        y = y0[:, near] if displacement is None else y0[:, near] - displacement.reshape(3, -1)[:, near]
+        carried = _sample(labels, l_affine, y, order=0).clip(0)
+        return np.bincount(carried, weights=_sample(gm, t_affine, y), minlength=n_labels) * voxel
+
+    base = measure(None)
+    regions = gm_labels["index"].to_numpy()
+    regions = regions[base[regions] > voxel]
+    fraction = np.zeros(n_labels)
+    for index, value in change.items():
+        fraction[index] = value
+    target = fraction[regions]
+    allowed = np.maximum(tolerance, 0.5 * voxel / base[regions])
+    amplitude = np.zeros(n_labels, dtype=np.float32)
+    gain = np.ones(len(regions))
+    achieved = np.zeros(len(regions))
+    previous = None
+    for _ in range(iterations):
+        error = target - achieved
+        if np.all(np.abs(error) <= allowed):
+            break
+        if previous is not None:  # secant estimate of each region's response to its own source
+            step = amplitude[regions] - previous[0]
+            moved = np.abs(step) > 1e-3
+            slope = np.divide(achieved - previous[1], step, out=np.ones_like(step), where=moved)
+            gain = np.where(moved, np.clip(slope, 0.3, 2.0), gain)
+        previous = (amplitude[regions].astype(float), achieved)
+        amplitude[regions] += error / gain
+        u = _solve_displacement(amplitude[lab].reshape(shape), spacing / anatomy.scale)
+        achieved = measure(u)[regions] / base[regions] - 1
+    return u
+
+
+# ----------------------------------------------------------------------------- acquisition
+
+
+@dataclass(frozen=True)
+class _Acquisition:
+    rotation_deg: tuple[float, float, float]
+    translation_mm: tuple[float, float, float]
+    fov_mm: tuple[float, float, float]
+    top_margin_mm: float
+    grid_tilt: float  # fraction of the head rotation followed by the slice prescription (oblique grid)
+    orientation: str
+    contrast: tuple[float, float]  # GM and CSF relative to WM
+    gain: float
+    bias_coefficients: np.ndarray
+
+    def as_dict(self) -> dict:
+        return {
+            "rotation_deg": list(self.rotation_deg),
+            "translation_mm": list(self.translation_mm),
+            "fov_mm": list(self.fov_mm),
+            "top_margin_mm": self.top_margin_mm,
+            "grid_tilt": self.grid_tilt,
+            "orientation": self.orientation,
+            "contrast_gm_csf": list(self.contrast),
+            "gain": self.gain,
+        }
+
+
+def _random_acquisition(
+    seed: int,
+    rotation_deg: Sequence[float] | None,
+    translation_mm: Sequence[float] | None,
+    fov: Sequence[float] | None,
+    max_rotation_deg: float,
+) -> _Acquisition:
+    rng = np.random.default_rng([seed, 2])
+    rotation = rng.uniform(-max_rotation_deg, max_rotation_deg, 3) if rotation_deg is None else rotation_deg
+    translation = rng.uniform(-10, 10, 3) if translation_mm is None else translation_mm
+    fov_mm = (rng.uniform(184, 212), rng.uniform(224, 256), rng.uniform(200, 256)) if fov is None else fov
+    return _Acquisition(
+        rotation_deg=tuple(float(a) for a in rotation),
+        translation_mm=tuple(float(a) for a in translation),
+        fov_mm=tuple(float(a) for a in fov_mm),
+        top_margin_mm=float(rng.uniform(5, 30)),
+        grid_tilt=float(rng.choice([0.0, rng.uniform(0.3, 1.0)])),
+        orientation=str(rng.choice(ORIENTATIONS)),
+        contrast=(
+            float(rng.uniform(0.58, 0.68)),
+            float(rng.uniform(0.15, 0.3)),
+        ),
+        gain=float(rng.uniform(600, 1400)),
+        bias_coefficients=rng.normal(size=(3, 3, 3)),
+    )
+
+
+def _scanner_grid(
+    acq: _Acquisition, pose: np.ndarray, scale: float, voxel_size: Sequence[float]
+) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape and affine of the scan: FOV placed from the top of the head, grid possibly oblique."""
+    grid_rotation = Rotation.from_euler("xyz", np.array(acq.rotation_deg) * acq.grid_tilt, degrees=True)
+    g = grid_rotation.as_matrix()
+    vertex = g.T @ _apply(pose, np.array([[0.0], [-20.0], [96.0]]) * scale)[:, 0]  # top of scalp, grid frame
+    centre = g.T @ _apply(pose, np.array([[0.0], [-12.0], [10.0]]) * scale)[:, 0]
+    lr, ap, si = acq.fov_mm
+    top = vertex[2] + acq.top_margin_mm
+    lo = np.array([centre[0] - lr / 2, centre[1] - ap / 2, top - si])
+    hi = np.array([centre[0] + lr / 2, centre[1] + ap / 2, top])
+    shape, columns, q0 = [], [], np.zeros(3)
+    for a, letter in enumerate(acq.orientation):
+        axis, sign = _AXIS[letter]
+        n = int(np.ceil((hi[axis] - lo[axis]) / voxel_size[a]))
+        shape.append(n)
+        columns.append(sign * g[:, axis] * voxel_size[a])
+        q0[axis] = lo[axis] + voxel_size[a] / 2 if sign > 0 else lo[axis] + (n - 0.5) * voxel_size[a]
+    affine = np.eye(4)
+    affine[:3, :3] = np.stack(columns, axis=1)
+    affine[:3, 3] = g @ q0
+    return (shape[0], shape[1], shape[2]), affine
+
+
+def _bias_field(shape: Sequence[int], coefficients: np.ndarray, strength: float) -> np.ndarray:
+    """Smooth multiplicative field 1 + strength * f, f a low-order cosine series with max |f| = 1."""
+    if strength == 0:
+        return np.ones(shape, dtype=np.float32)
+
+    def basis(n: int) -> np.ndarray:
+        t = (np.arange(n) + 0.5) / n
+        return np.stack([np.cos(np.pi * k * t) for k in range(3)]).astype(np.float32)
+
+    c = coefficients.copy()
+    c[0, 0, 0] = 0.0
+
+    def evaluate(dims: Sequence[int]) -> np.ndarray:
+        bx, by, bz = (basis(n) for n in dims)
+        return np.einsum("abc,ai,bj,ck->ijk", c, bx, by, bz, optimize=True)
+
+    norm = np.abs(evaluate((17, 17, 17))).max()
+    return (1 + strength * evaluate(shape) / norm).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- phantom
+
+
+def make_phantom(
+    *,
+    regional_change: Mapping[str, float] | None = None,
+    head_scale: float = 1.0,
+    atlas: str = "neuromorphometrics",
+    anatomy_seed: int = 0,
+    acquisition_seed: int = 0,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    noise: float = 0.03,
+    bias: float = 0.2,
+    rotation_deg: Sequence[float] | None = None,
+    translation_mm: Sequence[float] | None = None,
+    fov: Sequence[float] | None = None,
+    neck: bool = True,
+    max_rotation_deg: float = 15.0,
+) -> Phantom:
+    """Simulate one whole-head T1w scan of a subject and its truth.
+
+    ``regional_change`` maps atlas GM region names to fractional GM volume changes relative to the
+    template anatomy (0.10 = +10 %); ``head_scale`` scales the head linearly (TIV ~ head_scale**3).
+    ``anatomy_seed`` draws the subject's shape (a smooth volume-preserving warp and stretch), while
+    ``acquisition_seed`` draws the scan: pose (``rotation_deg`` per axis up to ``max_rotation_deg``,
+    ``translation_mm``), field of view ``fov`` = (left-right, anterior-posterior, superior-inferior) mm
+    measured down from just above the vertex, storage orientation, an oblique grid, contrast, gain,
+    bias field (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd / WM intensity).
+    Same anatomy_seed + new acquisition_seed = a rescan. ``neck=False`` drops neck and shoulders.
+    """
+    labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
+    index_of = dict(zip(gm_labels["name"], gm_labels["index"], strict=True))
+    change = {}
+    for name, fraction in (regional_change or {}).items():
+        if name not in index_of:
+            raise ValueError(f"'{name}' is not a grey-matter region of atlas '{atlas}'")
+        if not -0.5 < fraction < 1.0:
+            raise ValueError(f"regional change {fraction} of '{name}' is outside (-0.5, 1.0)")
+        change[int(index_of[name])] = float(fraction)
+    voxel_size = tuple(float(v) for v in voxel_size)
+    spacing = min(voxel_size)
+    anatomy = _random_anatomy(anatomy_seed, float(head_scale))
+
+    # regional deformation and truth maps on the anatomy grid
+    lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
+    shape, affine = _box_grid(lo, hi, spacing)
+    u = _regional_displacement(anatomy, change, atlas, shape, affine)
+    points = _grid_points(shape, affine)
+    y = anatomy.template_points(points, u.reshape(3, -1))
+    gm_t, wm_t, icv_t, t_affine = _tissue_maps(spacing)
+    gm = _sample(gm_t, t_affine, y).reshape(shape)
+    wm = _sample(wm_t, t_affine, y).reshape(shape)
+    icv = _sample(icv_t, t_affine, y).reshape(shape)
+    csf = np.clip(icv - gm - wm, 0, None)
+    labels = _sample(labels_arr, l_affine, y, order=0).reshape(shape)
+    voxel_mm3 = spacing**3
+    regional = np.bincount(labels.ravel().clip(0), weights=gm.ravel(), minlength=labels_arr.max() + 1)
+    regional_gm = pd.DataFrame(
+        {
+            "index": gm_labels["index"].to_numpy(),
+            "name": gm_labels["name"].to_numpy(),
+            "gm_volume_mm3": regional[gm_labels["index"].to_numpy()] * voxel_mm3,
+        }
+    )
+    totals = [float(a.sum(dtype=np.float64) * voxel_mm3) for a in (gm, wm, csf)]
+    tissue_volumes = pd.DataFrame(
+        [
+            {
+                "tiv_mm3": sum(totals),
+                "gm_volume_mm3": totals[0],
+                "wm_volume_mm3": totals[1],
+                "csf_volume_mm3": totals[2],
+            }
+        ]
+    )
+
+    # the scan
+    acq = _random_acquisition(acquisition_seed, rotation_deg, translation_mm, fov, max_rotation_deg)
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler("xyz", acq.rotation_deg, degrees=True).as_matrix()
+    pose[:3, 3] = acq.translation_mm
+    scan_shape, scan_affine = _scanner_grid(acq, pose, head_scale, voxel_size)
+    gm_i, csf_i = acq.contrast
+    brain = gm * gm_i + wm * WM + csf * csf_i
+    head_spacing = max(HEAD_SPACING, spacing)
+    h_shape, h_affine = _box_grid(HEAD_BOX[0] * head_scale, HEAD_BOX[1] * head_scale, head_spacing)
+    head_t, head_t_affine = _head_model()
+    h_y = anatomy.template_points(_grid_points(h_shape, h_affine))
+    head = _sample(head_t, head_t_affine, h_y)
+    if not neck:
+        head[h_y[2] < -75] = 0.0
+    head = head.reshape(h_shape)
+
+    x = _grid_points(scan_shape, np.linalg.inv(pose) @ scan_affine)
+    signal = _sample(head, h_affine, x)
+    ijk = _apply(np.linalg.inv(affine), x)
+    near = np.all((ijk > -1) & (ijk < np.array(shape)[:, None]), axis=0)
+    in_brain = ijk[:, near]
+    b = ndimage.map_coordinates(brain, in_brain, order=1, mode="constant", prefilter=False)
+    f = ndimage.map_coordinates(icv, in_brain, order=1, mode="constant", prefilter=False)
+    signal[near] = b + (1 - f) * signal[near]
+    signal = signal.reshape(scan_shape) * _bias_field(scan_shape, acq.bias_coefficients, bias) * acq.gain
+    rng = np.random.default_rng([acquisition_seed, 3])
+    sd = noise * acq.gain
+    real = signal + rng.standard_normal(scan_shape, dtype=np.float32) * sd
+    imag = rng.standard_normal(scan_shape, dtype=np.float32) * sd
+    data = np.clip(np.rint(np.sqrt(real**2 + imag**2)), 0, 32767).astype(np.int16)
+    t1w = _image(data, scan_affine)
+
+    world = pose @ affine
+    return Phantom(
+        t1w=t1w,
+        gm=_image(gm.astype(np.float32), world),
+        wm=_image(wm.astype(np.float32), world),
+        csf=_image(csf.astype(np.float32), world),
+        brain_mask=_image((icv >= 0.5).astype(np.uint8), world),
+        labels=_image(labels.astype(np.int16), world),
+        regional_gm=regional_gm,
+        tissue_volumes=tissue_volumes,
+        atlas=atlas,
+        acquisition=acq.as_dict(),
+    )
+
+
+def _image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    img = nib.Nifti1Image(data, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    img.header.set_xyzt_units("mm", "sec")
+    return img

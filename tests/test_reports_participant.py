@@ -17,7 +17,7 @@ import pytest
 from nilearn.image import resample_img
 
 from ketabids.data import load_template
-from ketabids.reports import participant
+from ketabids.reports import figures, participant
 from ketabids.reports.figures import cut_coords
 from ketabids.reports.methods import participant_methods, software_versions
 from ketabids.reports.participant import (
@@ -358,3 +358,26 @@ def test_screenshot_explains_a_missing_chromium(tmp_path: Path, monkeypatch: pyt
     page.write_text("<html></html>")
     with pytest.raises(RuntimeError, match="Chromium"):
         screenshot(page, tmp_path / "shot.png")
+
+
+def _decode_png(uri: str) -> np.ndarray:
+    assert uri.startswith("data:image/png;base64,")
+    return matplotlib.image.imread(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), format="png")
+
+
+def test_group_figure_helpers_draw_pngs(images: dict[str, Path]) -> None:
+    labels = nib.load(images["dseg"])
+    painted = figures.region_value_image(labels, {1: -2.0, 2: 0.5, 7: 9.0})
+    data, dseg = painted.get_fdata(), np.rint(labels.get_fdata())
+    assert np.all(data[dseg == 1] == -2.0) and np.all(data[dseg == 2] == 0.5) and np.all(data[dseg == 3] == 0)
+    mosaic = figures.stat_mosaic(
+        painted, background=images["t1w"], coords=cut_coords(images["mask"], 3), colorbar_label="weight"
+    )
+    assert _decode_png(mosaic)[..., :3].std() > 0.05
+    y, p = np.array([0, 0, 1, 1, 1, 0]), np.array([0.1, 0.4, 0.35, 0.8, 0.9, 0.2])
+    for uri in (
+        figures.roc_figure({"cv": (y, p), "one class": ([1, 1], [0.2, 0.4])}),
+        figures.null_distribution_figure(np.linspace(0.3, 0.7, 50), 0.72, p_value=0.02),
+        figures.weight_bars({"Left_A": 0.5, "Right_B": -1.0, "C": 0.01}, top=2),
+    ):
+        assert _decode_png(uri).shape[0] > 100

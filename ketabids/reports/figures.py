@@ -10,7 +10,8 @@ import base64
 import io
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import matplotlib
@@ -20,6 +21,8 @@ matplotlib.use("Agg")
 import nibabel as nib
 import numpy as np
 from matplotlib import pyplot as plt
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from nilearn import image as nimg
@@ -37,6 +40,16 @@ class Contour:
     color: str
     label: str
     level: float = 0.5
+
+
+@contextmanager
+def _closed_on_error(fig: Figure) -> Iterator[Figure]:
+    """Close ``fig`` if drawing it fails (pyplot keeps every open figure alive otherwise)."""
+    try:
+        yield fig
+    except BaseException:
+        plt.close(fig)
+        raise
 
 
 def load_image(img: ImageLike) -> nib.spatialimages.SpatialImage:
@@ -135,7 +148,7 @@ def contour_mosaic(
     rows = [axis for axis in ORIENTATIONS if axis in coords]
     legend_height = 0.35 if contours else 0.0
     fig = plt.figure(figsize=(width, row_height * len(rows) + legend_height), facecolor="black")
-    try:
+    with _closed_on_error(fig):
         bg = as_ras(background)
         vmax = robust_max(bg)
         overlays = [(as_ras(contour.image), contour) for contour in contours]
@@ -171,7 +184,121 @@ def contour_mosaic(
                 labelcolor="white",
                 fontsize=10,
             )
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig, dpi=dpi)
+
+
+def region_value_image(atlas_image: ImageLike, values: Mapping[int, float]) -> nib.Nifti1Image:
+    """Paint each atlas region (label index -> value) with its value; other voxels are 0."""
+    loaded = load_image(atlas_image)
+    labels = np.rint(np.asanyarray(loaded.dataobj)).astype(np.int64)
+    lookup = np.zeros(max(int(labels.max()), *values.keys(), 0) + 1, dtype=np.float32)
+    for index, value in values.items():
+        lookup[int(index)] = value
+    return nib.Nifti1Image(lookup[np.clip(labels, 0, None)], loaded.affine)
+
+
+def stat_mosaic(
+    stat_img: ImageLike,
+    *,
+    background: ImageLike | None = None,
+    coords: Mapping[str, Sequence[float]] | None = None,
+    cmap: str = "RdBu_r",
+    colorbar_label: str = "",
+    width: float = 12.0,
+    row_height: float = 1.9,
+    dpi: int = 100,
+) -> str:
+    """Rows of slices of a signed map (e.g. regional SVM weights) on the template, as a PNG URI.
+
+    Colours are symmetric around 0 (red positive, blue negative with the default ``cmap``); the
+    background defaults to the MNI152NLin2009aSym T1w and the slices to its brain mask.
+    """
+    from ketabids.data import load_template
+
+    template = load_template()
+    bg = as_ras(background if background is not None else template.t1w)
+    stat = as_ras(stat_img)
+    coords = coords if coords is not None else cut_coords(template.mask)
+    rows = [axis for axis in ORIENTATIONS if axis in coords]
+    data = stat.get_fdata()
+    vmax = float(np.nanmax(np.abs(data), initial=0)) or 1.0
+    colorbar_height = 1.0  # inches below the slices for the colour bar, its ticks and label
+    total = row_height * len(rows) + colorbar_height
+    fig = plt.figure(figsize=(width, total), facecolor="black")
+    with _closed_on_error(fig):
+        for row, axis in enumerate(rows):
+            bottom = (colorbar_height + row_height * (len(rows) - row - 1)) / total
+            ax = fig.add_axes((0, bottom, 1, row_height / total))
+            display = plotting.plot_stat_map(
+                stat,
+                bg_img=bg,
+                display_mode=axis,
+                cut_coords=list(coords[axis]),
+                figure=fig,
+                axes=ax,
+                cmap=cmap,
+                vmin=-vmax,
+                vmax=vmax,
+                threshold=vmax * 1e-3,
+                symmetric_cbar=True,
+                colorbar=False,
+                annotate=False,
+                draw_cross=False,
+                black_bg=True,
+                dim=0,
+            )
+            display.annotate(left_right=False, positions=True, size=10)
+        cax = fig.add_axes((0.3, 0.62 / total, 0.4, 0.14 / total))
+        mappable = ScalarMappable(norm=Normalize(-vmax, vmax), cmap=cmap)
+        bar = fig.colorbar(mappable, cax=cax, orientation="horizontal")
+        bar.set_label(colorbar_label, color="white")
+        bar.ax.tick_params(colors="white", labelsize=9)
+    return figure_to_data_uri(fig, dpi=dpi)
+
+
+def roc_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], *, size: float = 4.5) -> str:
+    """ROC curves, one per evaluation set name -> (y_true 0/1, probability), with AUCs in the legend."""
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    fig, ax = plt.subplots(figsize=(size, size))
+    with _closed_on_error(fig):
+        ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
+        for name, (y_true, probability) in curves.items():
+            y, p = np.asarray(y_true), np.asarray(probability, dtype=float)
+            if len(np.unique(y)) < 2:
+                continue  # a ROC curve needs both classes
+            fpr, tpr, _ = roc_curve(y, p)
+            ax.plot(fpr, tpr, linewidth=2, label=f"{name} (AUC {roc_auc_score(y, p):.2f}, n={len(y)})")
+        ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), aspect="equal")
+        ax.legend(loc="lower right", fontsize=8, frameon=False)
+        fig.tight_layout()
+    return figure_to_data_uri(fig)
+
+
+def null_distribution_figure(
+    null: Sequence[float], observed: float, *, label: str = "balanced accuracy", p_value: float | None = None
+) -> str:
+    """Histogram of a permutation null distribution with the observed value as a vertical line."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    with _closed_on_error(fig):
+        ax.hist(np.asarray(null, dtype=float), bins=30, color="#90a4ae", edgecolor="white")
+        title = f"observed {observed:.3f}" + (f", p = {p_value:.3g}" if p_value is not None else "")
+        ax.axvline(observed, color="#d32f2f", linewidth=2, label=title)
+        ax.set(xlabel=f"{label} under permuted labels", ylabel="permutations")
+        ax.legend(frameon=False, fontsize=9)
+        fig.tight_layout()
+    return figure_to_data_uri(fig)
+
+
+def weight_bars(weights: Mapping[str, float], *, top: int = 20, xlabel: str = "weight") -> str:
+    """Horizontal bars of the ``top`` largest absolute weights (red positive, blue negative)."""
+    ranked = sorted(weights.items(), key=lambda item: abs(item[1]), reverse=True)[:top][::-1]
+    fig, ax = plt.subplots(figsize=(7, 0.28 * len(ranked) + 1.0))
+    with _closed_on_error(fig):
+        names, values = [name for name, _ in ranked], [float(value) for _, value in ranked]
+        ax.barh(names, values, color=["#d32f2f" if v > 0 else "#1976d2" for v in values])
+        ax.axvline(0, color="0.3", linewidth=0.8)
+        ax.set_xlabel(xlabel)
+        ax.tick_params(axis="y", labelsize=8)
+        fig.tight_layout()
+    return figure_to_data_uri(fig)

@@ -1,0 +1,348 @@
+"""Group level: train and validate the ketamine-response classifier, or apply a shared model.
+
+Reads participant tables from ``output_dir`` and ``participants.tsv``/``phenotype/`` from
+``bids_dir``; writes ``output_dir/group/`` (DESIGN.md section 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ketabids import __version__
+from ketabids.data.templates import TEMPLATE_NAME
+from ketabids.derivatives import atomic_copy, atomic_write, write_text_atomic, write_tsv_atomic
+from ketabids.errors import BadDataError, InputMissingError, UsageError
+from ketabids.learning import cohorts
+from ketabids.learning.engine import Data, Protocol, evaluate, run_cv
+from ketabids.learning.inputs import GroupInputs, load_inputs
+from ketabids.learning.metrics import balanced_accuracy, binary_metrics, permutation_p_value
+from ketabids.learning.model import CalibratedModel, build_pipeline
+from ketabids.learning.modelfile import load_model, save_model
+from ketabids.learning.permutation import null_distribution, prepare_analysis
+from ketabids.learning.weights import haufe_pattern, region_map, weight_table
+from ketabids.settings import GroupSettings
+
+LOGGER = logging.getLogger("ketabids.group")
+WEIGHT_MAP = f"weights_space-{TEMPLATE_NAME}_stat.nii.gz"
+
+
+def _protocol(settings: GroupSettings) -> Protocol:
+    try:
+        return Protocol(
+            classifier=settings.classifier,
+            c_grid=tuple(settings.c_grid),
+            cv_repeats=settings.cv_repeats,
+            outer_folds=settings.outer_folds,
+            inner_folds=settings.inner_folds,
+        )
+    except ValueError as err:
+        raise UsageError(str(err)) from err
+
+
+def _check_training_labels(y: np.ndarray, protocol: Protocol, discovery: str) -> None:
+    if y.size == 0:
+        raise InputMissingError(
+            f"no discovery participants: none with cohort '{discovery}', treatment ketamine, tables and MADRS"
+        )
+    counts = np.bincount(y.astype(int), minlength=2)
+    if counts.min() == 0:
+        which = "responders" if counts[1] == 0 else "non-responders"
+        raise BadDataError(f"the discovery cohort has no {which} (one class only): nothing to learn")
+    inner_min = counts.min() * (protocol.outer_folds - 1) // protocol.outer_folds
+    if counts.min() < protocol.outer_folds or inner_min < protocol.inner_folds:
+        raise BadDataError(
+            f"too few participants per class for the folds: {counts[1]} responders and {counts[0]} "
+            f"non-responders for {protocol.outer_folds} outer x {protocol.inner_folds} inner folds"
+        )
+
+
+def _apply_sets(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row positions of the external cohorts (pooled and each) and of the control set."""
+    sets: dict[str, np.ndarray] = {}
+    external = table["evaluation"].to_numpy() == cohorts.ROLE_EXTERNAL
+    if external.any():
+        sets["external"] = np.flatnonzero(external)
+        for cohort in sorted(table.loc[external, "cohort"].unique()):
+            sets[f"external:{cohort}"] = np.flatnonzero(external & (table["cohort"].to_numpy() == cohort))
+    control = table["evaluation"].to_numpy() == cohorts.ROLE_CONTROL
+    if control.any():
+        sets["control"] = np.flatnonzero(control)
+    return sets
+
+
+def _metrics_row(name: str, y: np.ndarray, decision: np.ndarray, probability: np.ndarray, seed: int) -> dict:
+    known = np.isfinite(y)
+    row = {"evaluation": name}
+    if known.sum() == 0:
+        return {**row, "n": 0}
+    row.update(binary_metrics(y[known], decision[known] > 0, probability[known], seed=seed))
+    return row
+
+
+def _prediction_rows(
+    table: pd.DataFrame, rows: np.ndarray, decision: np.ndarray, probability: np.ndarray
+) -> pd.DataFrame:
+    part = table.iloc[rows]
+    return pd.DataFrame(
+        {
+            "participant_id": part.index,
+            "cohort": part["cohort"].to_numpy(),
+            "treatment": part["treatment"].to_numpy(),
+            "evaluation": part["evaluation"].to_numpy(),
+            "y_true": part["y_true"].astype("Int64").to_numpy(),
+            "probability": np.round(probability, 6),
+            "y_pred": (decision > 0).astype(int),
+            "decision": np.round(decision, 6),
+        }
+    )
+
+
+def _model_card(settings: GroupSettings, inputs: GroupInputs, protocol: Protocol, extra: dict) -> dict:
+    from ketabids.reports.methods import software_versions
+
+    y = inputs.table.loc[inputs.table["evaluation"] == cohorts.ROLE_TRAIN, "y_true"]
+    return {
+        "ketabids_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "features": settings.features,
+        "atlas": settings.atlas,
+        "template": TEMPLATE_NAME,
+        "feature_names": list(inputs.features.columns),
+        "covariates": list(settings.covariates),
+        "covariate_columns": list(inputs.covariates.columns),
+        "response_threshold": settings.response_threshold,
+        "classifier": protocol.classifier,
+        "protocol": asdict(protocol),
+        "training": {
+            "cohort": settings.discovery_cohort,
+            "n": int(y.size),
+            "n_responders": int((y == 1).sum()),
+            "n_nonresponders": int((y == 0).sum()),
+        },
+        "random_seed": settings.random_seed,
+        "software": software_versions(),
+        **extra,
+    }
+
+
+def _write_json(data: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(data, indent=2, default=_json_default) + "\n", path)
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return str(value)
+
+
+def _metrics_json(metrics: pd.DataFrame) -> dict:
+    clean = metrics.astype(object).where(metrics.notna(), None)
+    return {
+        row["evaluation"]: {k: v for k, v in row.items() if k != "evaluation"}
+        for row in clean.to_dict("records")
+    }
+
+
+def _write_weights(inputs: GroupInputs, weights: pd.DataFrame, atlas: str, group_dir: Path) -> Path:
+    column = "weight" if weights["weight"].notna().any() else "pattern"
+    values = weights.set_index("feature")[column]
+    if inputs.voxel_grid is not None:
+        image = inputs.voxel_grid.to_image(values.reindex(inputs.features.columns).to_numpy())
+    else:
+        image = region_map(values, atlas)
+    path = group_dir / WEIGHT_MAP
+    with atomic_write(path) as tmp:
+        image.to_filename(tmp)
+    return path
+
+
+def _final_weights(model: CalibratedModel, matrix: np.ndarray) -> tuple[np.ndarray | None, np.ndarray]:
+    """Linear weights (None for the RBF kernel) and the activation pattern on ``matrix``."""
+    pipeline = model.pipeline
+    z = pipeline[:-1].transform(matrix)
+    classifier = pipeline[-1]
+    linear = getattr(classifier, "kernel", "linear") == "linear"
+    final = np.asarray(classifier.coef_[0], dtype=float) if linear else None
+    return final, haufe_pattern(z, model.decision_function(matrix))
+
+
+def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dict:
+    protocol = _protocol(settings)
+    table = inputs.table
+    rows = np.flatnonzero(
+        (table["evaluation"] == cohorts.ROLE_TRAIN).to_numpy() & table["y_true"].notna().to_numpy()
+    )
+    no_outcome = table.index[(table["evaluation"] == cohorts.ROLE_TRAIN) & table["y_true"].isna()]
+    excluded = [*inputs.excluded.itertuples(index=False, name=None)]
+    excluded += [(p, "no MADRS outcome (not used for training)") for p in no_outcome]
+    y = table["y_true"].to_numpy(dtype=float)
+    _check_training_labels(y[rows], protocol, settings.discovery_cohort)
+
+    matrix = inputs.matrix().to_numpy(dtype=float)
+    data = Data(
+        features=inputs.features.to_numpy(dtype=float), covariates=inputs.covariates.to_numpy(dtype=float)
+    )
+    apply_sets = _apply_sets(table)
+    LOGGER.info(
+        "training on %d discovery participants; apply sets: %s", rows.size, ", ".join(apply_sets) or "none"
+    )
+    analysis = prepare_analysis(data, rows, y, apply_sets, protocol, settings.random_seed, settings.n_jobs)
+    cv = run_cv(data, analysis.cv, y, rows, protocol, want_weights=True)
+
+    fast = evaluate(analysis.final, y, protocol)
+    best_c = protocol.c_grid[fast.c_index]
+    pipeline = build_pipeline(
+        protocol.classifier, best_c, inputs.covariates.shape[1], seed=settings.random_seed
+    )
+    model = CalibratedModel(pipeline, *fast.platt).fit(matrix[rows], y[rows].astype(int))
+
+    LOGGER.info("permutation test: %d permutations", settings.n_permutations)
+    null = null_distribution(
+        analysis, y, protocol, settings.n_permutations, settings.random_seed, settings.n_jobs
+    )
+
+    metrics = [_metrics_row("cv", y[rows], cv.mean_decision, cv.mean_probability, settings.random_seed)]
+    per_repeat = balanced_accuracy(y[rows], cv.decision > 0)
+    metrics[0]["balanced_accuracy_repeat_mean"] = float(per_repeat.mean())
+    metrics[0]["balanced_accuracy_repeat_sd"] = float(per_repeat.std())
+    predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability)]
+    for name, set_rows in apply_sets.items():
+        decision = model.decision_function(matrix[set_rows])
+        probability = model.predict_proba(matrix[set_rows])[:, 1]
+        metrics.append(_metrics_row(name, y[set_rows], decision, probability, settings.random_seed))
+        if ":" not in name:
+            predictions.append(_prediction_rows(table, set_rows, decision, probability))
+    metrics_table = pd.DataFrame(metrics)
+    if not null.empty:
+        for row in metrics_table.index:
+            name = metrics_table.loc[row, "evaluation"]
+            for stat, column in (("balanced_accuracy", "p_value"), ("auc", "auc_p_value")):
+                key = f"{'cv' if name == 'cv' else name}_{stat}"
+                if key in null and stat in metrics_table.columns:
+                    metrics_table.loc[row, column] = permutation_p_value(
+                        metrics_table.loc[row, stat], null[key].to_numpy()
+                    )
+    else:
+        metrics_table["p_value"] = np.nan
+
+    final_w, pattern = _final_weights(model, matrix[rows])
+    weights = weight_table(list(inputs.features.columns), final_w, cv.weights, pattern)
+    card = _model_card(
+        settings,
+        inputs,
+        protocol,
+        {
+            "c": best_c,
+            "platt": {"a": model.platt_a, "b": model.platt_b},
+            "site_levels": _site_levels(inputs),
+            "cv_metrics": _metrics_json(metrics_table.iloc[:1])["cv"],
+            "c_chosen_in_cv": {str(c): int((cv.c_chosen == c).sum()) for c in protocol.c_grid},
+        },
+    )
+    card = save_model(model, group_dir / "model.skops", card)
+    return {
+        "mode": "train",
+        "predictions": pd.concat(predictions, ignore_index=True),
+        "metrics": metrics_table,
+        "weights": weights,
+        "null": null,
+        "card": card,
+        "excluded": pd.DataFrame(excluded, columns=["participant_id", "reason"]),
+        "cv_repeats": cv.decision,
+    }
+
+
+def _site_levels(inputs: GroupInputs) -> list[str]:
+    return sorted(c.removeprefix("site_") for c in inputs.covariates.columns if c.startswith("site_"))
+
+
+def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]:
+    model, card = load_model(Path(settings.model_file))
+    covariates = tuple(card.get("covariates", ()))
+    site_levels = None
+    if "site" in covariates:
+        site_levels = ["<reference>", *card.get("site_levels", [])]
+    inputs = load_inputs(
+        settings,
+        feature_kind=card.get("features"),
+        atlas=card.get("atlas"),
+        covariates=covariates,
+        site_levels=site_levels,
+    )
+    if list(inputs.features.columns) != card.get("feature_names"):
+        raise BadDataError(
+            f"{settings.model_file}: the model expects {len(card.get('feature_names', []))} "
+            f"{card.get('features')} features on atlas '{card.get('atlas')}', these tables give "
+            f"{inputs.features.shape[1]} different ones"
+        )
+    if list(inputs.covariates.columns) != card.get("covariate_columns"):
+        raise BadDataError(
+            f"{settings.model_file}: covariates {card.get('covariate_columns')} expected, got {list(inputs.covariates.columns)}"
+        )
+    if inputs.table.empty:
+        raise InputMissingError("no participant with tables to apply the model to")
+    matrix = inputs.matrix().to_numpy(dtype=float)
+    decision = model.decision_function(matrix)
+    probability = model.predict_proba(matrix)[:, 1]
+    table = inputs.table.assign(evaluation="apply")
+    y = table["y_true"].to_numpy(dtype=float)
+    metrics = [_metrics_row("apply", y, decision, probability, settings.random_seed)]
+    for cohort in sorted(table["cohort"].dropna().unique()):
+        mask = (table["cohort"] == cohort).to_numpy()
+        metrics.append(
+            _metrics_row(f"apply:{cohort}", y[mask], decision[mask], probability[mask], settings.random_seed)
+        )
+    metrics_table = pd.DataFrame(metrics)
+    metrics_table["p_value"] = np.nan
+    final_w, pattern = _final_weights(model, matrix)
+    weights = weight_table(list(inputs.features.columns), final_w, [], pattern)
+    atomic_copy(settings.model_file, group_dir / "model.skops")
+    _write_json({**card, "applied_to": str(settings.bids_dir)}, group_dir / "model.json")
+    return inputs, {
+        "mode": "apply",
+        "predictions": _prediction_rows(table, np.arange(len(table)), decision, probability),
+        "metrics": metrics_table,
+        "weights": weights,
+        "null": pd.DataFrame(),
+        "card": card,
+        "excluded": inputs.excluded,
+        "cv_repeats": None,
+    }
+
+
+def run_group_level(settings: GroupSettings) -> None:
+    """Run the group level and write every file of ``output_dir/group/``."""
+    group_dir = Path(settings.output_dir) / "group"
+    group_dir.mkdir(parents=True, exist_ok=True)
+    if settings.model_file is not None:
+        inputs, result = _apply(settings, group_dir)
+        atlas = result["card"].get("atlas", settings.atlas)
+    else:
+        if settings.features not in ("roi", "voxel"):
+            raise UsageError(f"unknown feature kind '{settings.features}'; choose roi or voxel")
+        inputs = load_inputs(settings)
+        result = _train(settings, inputs, group_dir)
+        atlas = settings.atlas
+    write_tsv_atomic(result["predictions"], group_dir / "predictions.tsv")
+    write_tsv_atomic(result["metrics"], group_dir / "metrics.tsv")
+    _write_json(_metrics_json(result["metrics"]), group_dir / "metrics.json")
+    write_tsv_atomic(result["weights"], group_dir / "weights.tsv")
+    if not result["null"].empty:
+        write_tsv_atomic(result["null"], group_dir / "permutations.tsv")
+    weight_map = _write_weights(inputs, result["weights"], atlas, group_dir)
+
+    from ketabids.reports.group import write_group_report
+
+    write_group_report(
+        group_dir / "report.html", settings=settings, inputs=inputs, result=result, weight_map=weight_map
+    )
+    LOGGER.info("group outputs written to %s", group_dir)

@@ -1,0 +1,123 @@
+"""The classifier as a scikit-learn estimator: covariate residualisation, scaling, classifier, calibration.
+
+The feature matrix handed to the pipeline has the features first and the ``n_covariates``
+covariate columns last; the residualiser regresses the covariates out of every feature with
+coefficients fitted on the training rows only, then drops them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import expit
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC
+from sklearn.utils.validation import check_is_fitted
+
+from ketabids.learning.preprocessing import ResidualParams, apply_residualizer, fit_residualizer
+
+CLASSIFIERS = ("svm-linear", "svm-rbf", "logistic")
+
+
+class CovariateResidualizer(TransformerMixin, BaseEstimator):
+    """Regress the last ``n_covariates`` columns out of the other columns (fitted on training data)."""
+
+    def __init__(self, n_covariates: int = 1):
+        self.n_covariates = n_covariates
+
+    def _split(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        X = np.asarray(X, dtype=np.float64)
+        k = self.n_covariates
+        if X.ndim != 2 or X.shape[1] <= k:
+            raise ValueError(f"expected a 2D matrix with more than {k} columns, got shape {X.shape}")
+        return X[:, : X.shape[1] - k], X[:, X.shape[1] - k :]
+
+    def fit(self, X, y=None):
+        features, covariates = self._split(X)
+        params = fit_residualizer(features, covariates)
+        self.cov_mean_, self.cov_scale_, self.coef_ = params.mean, params.scale, params.coef
+        self.n_features_in_ = features.shape[1] + self.n_covariates
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self, "coef_")
+        features, covariates = self._split(X)
+        if features.shape[1] != self.coef_.shape[1]:
+            raise ValueError(f"expected {self.coef_.shape[1]} features, got {features.shape[1]}")
+        params = ResidualParams(mean=self.cov_mean_, scale=self.cov_scale_, coef=self.coef_)
+        return apply_residualizer(params, features, covariates)
+
+
+def make_classifier(name: str, C: float, gamma: float | None = None, seed: int = 0):
+    """The final estimator of the pipeline for a classifier name."""
+    if name == "svm-linear":
+        return SVC(kernel="linear", C=C, class_weight="balanced")
+    if name == "svm-rbf":
+        return SVC(kernel="rbf", C=C, gamma="scale" if gamma is None else gamma, class_weight="balanced")
+    if name == "logistic":
+        return LogisticRegression(C=C, class_weight="balanced", max_iter=5000, random_state=seed)
+    raise ValueError(f"unknown classifier '{name}'; choose from {', '.join(CLASSIFIERS)}")
+
+
+def build_pipeline(classifier: str, C: float, n_covariates: int, seed: int = 0) -> Pipeline:
+    """Residualise covariates -> standardise -> classifier."""
+    return Pipeline(
+        [
+            ("covariates", CovariateResidualizer(n_covariates=n_covariates)),
+            ("scale", StandardScaler()),
+            ("classifier", make_classifier(classifier, C, seed=seed)),
+        ]
+    )
+
+
+def platt_fit(decision: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
+    """Platt's sigmoid p = 1 / (1 + exp(-(a d + b))) fitted by Newton's method on smoothed targets."""
+    decision, y = np.asarray(decision, float), np.asarray(y).astype(bool)
+    n_pos, n_neg = y.sum(), (~y).sum()
+    target = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    a, b = 1.0, float(np.log((n_pos + 1) / (n_neg + 1)))
+    for _ in range(iterations):
+        p = expit(a * decision + b)
+        g = np.array([np.sum((p - target) * decision), np.sum(p - target)])
+        w = p * (1 - p) + 1e-12
+        h = np.array([[np.sum(w * decision**2), np.sum(w * decision)], [np.sum(w * decision), np.sum(w)]])
+        step = np.linalg.solve(h + 1e-9 * np.eye(2), g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(a), float(b)
+
+
+def platt_apply(decision: np.ndarray, a: float, b: float) -> np.ndarray:
+    """Probability of response from decision values."""
+    return expit(a * np.asarray(decision, float) + b)
+
+
+class CalibratedModel(ClassifierMixin, BaseEstimator):
+    """A fitted pipeline whose decision values are mapped to probabilities by a Platt sigmoid.
+
+    ``platt_a``/``platt_b`` come from the inner cross-validation's out-of-fold decision values,
+    so the calibration never sees the rows it is applied to during validation.
+    """
+
+    def __init__(self, pipeline: Pipeline | None = None, platt_a: float = 1.0, platt_b: float = 0.0):
+        self.pipeline = pipeline
+        self.platt_a = platt_a
+        self.platt_b = platt_b
+
+    def fit(self, X, y):
+        self.pipeline.fit(X, y)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def decision_function(self, X) -> np.ndarray:
+        return np.asarray(self.pipeline.decision_function(X), dtype=float)
+
+    def predict_proba(self, X) -> np.ndarray:
+        p = platt_apply(self.decision_function(X), self.platt_a, self.platt_b)
+        return np.column_stack([1 - p, p])
+
+    def predict(self, X) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(int)

@@ -1,0 +1,127 @@
+"""Label-free preparation of the whole analysis and its permutation null distribution.
+
+Each permutation shuffles the discovery labels and reruns the whole training procedure: the
+repeated nested CV (statistics against the permuted labels) and the final model with inner
+tuning, whose predictions on the external and control sets (true labels) give their nulls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from joblib import Parallel, delayed
+from threadpoolctl import threadpool_limits
+
+from ketabids.learning.engine import (
+    CVResult,
+    Data,
+    FitResult,
+    Prepared,
+    Protocol,
+    evaluate,
+    make_split,
+    plan_cv,
+    prepare,
+    run_cv,
+)
+from ketabids.learning.metrics import auc, balanced_accuracy
+
+
+@dataclass
+class Analysis:
+    """Discovery rows, the prepared CV folds and the prepared final split (applied to ``apply_sets``)."""
+
+    data: Data
+    rows: np.ndarray
+    cv: list[Prepared]
+    final: Prepared
+    apply_names: list[str]
+
+
+def _prepare_all(data: Data, splits: list, classifier: str) -> list[Prepared]:
+    with threadpool_limits(1):
+        return [prepare(data, split, classifier) for split in splits]
+
+
+def prepare_analysis(
+    data: Data,
+    rows: np.ndarray,
+    y: np.ndarray,
+    apply_sets: dict[str, np.ndarray],
+    protocol: Protocol,
+    seed: int,
+    n_jobs: int = 1,
+) -> Analysis:
+    """Draw the folds (stratified on the observed labels) and precompute every block."""
+    splits = plan_cv(rows, y[rows].astype(int), protocol, seed)
+    final = make_split(rows, y[rows].astype(int), list(apply_sets.values()), protocol.inner_folds, seed)
+    chunks = [splits[i::n_jobs] for i in range(n_jobs)] if n_jobs > 1 else [splits]
+    prepared = Parallel(n_jobs=len(chunks))(
+        delayed(_prepare_all)(data, chunk, protocol.classifier) for chunk in chunks
+    )
+    ordered: list[Prepared] = [None] * len(splits)  # type: ignore[list-item]
+    for i, chunk in enumerate(prepared):
+        ordered[i :: len(chunks)] = chunk
+    return Analysis(
+        data=data,
+        rows=rows,
+        cv=ordered,
+        final=_prepare_all(data, [final], protocol.classifier)[0],
+        apply_names=list(apply_sets),
+    )
+
+
+def cv_statistics(result: CVResult, y_rows: np.ndarray) -> dict[str, float]:
+    """BAC of the repeat-averaged decision and AUC of the repeat-averaged probability."""
+    return {
+        "cv_balanced_accuracy": float(balanced_accuracy(y_rows, result.mean_decision > 0)),
+        "cv_auc": float(auc(y_rows, result.mean_probability)),
+    }
+
+
+def apply_statistics(analysis: Analysis, result: FitResult, y: np.ndarray) -> dict[str, float]:
+    """BAC and AUC of a final model on each apply set (participants with an outcome)."""
+    stats = {}
+    for i, (name, rows) in enumerate(zip(analysis.apply_names, analysis.final.split.apply, strict=True)):
+        known = np.isfinite(y[rows])
+        truth = y[rows][known]
+        stats[f"{name}_balanced_accuracy"] = float(balanced_accuracy(truth, result.decisions[i][known] > 0))
+        stats[f"{name}_auc"] = float(auc(truth, result.probabilities(i)[known]))
+    return stats
+
+
+def _permuted_labels(y: np.ndarray, rows: np.ndarray, seed: int, index: int) -> np.ndarray:
+    permuted = y.copy()
+    permuted[rows] = np.random.default_rng([seed, index]).permutation(y[rows])
+    return permuted
+
+
+def _run_chunk(
+    analysis: Analysis, y: np.ndarray, protocol: Protocol, seed: int, indices: list[int]
+) -> list[dict]:
+    out = []
+    with threadpool_limits(1):
+        for index in indices:
+            permuted = _permuted_labels(y, analysis.rows, seed, index)
+            cv = run_cv(analysis.data, analysis.cv, permuted, analysis.rows, protocol)
+            stats = {"permutation": index, **cv_statistics(cv, permuted[analysis.rows])}
+            stats.update(apply_statistics(analysis, evaluate(analysis.final, permuted, protocol), y))
+            out.append(stats)
+    return out
+
+
+def null_distribution(
+    analysis: Analysis, y: np.ndarray, protocol: Protocol, n_permutations: int, seed: int, n_jobs: int = 1
+) -> pd.DataFrame:
+    """One row per permutation: CV statistics (permuted labels) and apply-set statistics (true labels)."""
+    if n_permutations < 1:
+        return pd.DataFrame()
+    n_chunks = max(1, min(n_jobs, n_permutations))
+    chunks = [list(range(i, n_permutations, n_chunks)) for i in range(n_chunks)]
+    results = Parallel(n_jobs=n_chunks)(
+        delayed(_run_chunk)(analysis, y, protocol, seed, chunk) for chunk in chunks
+    )
+    rows = [row for chunk in results for row in chunk]
+    return pd.DataFrame(rows).sort_values("permutation").reset_index(drop=True)

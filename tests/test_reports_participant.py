@@ -234,6 +234,8 @@ def test_qc_flag_shows_when_qc_says_so(
     text = _write_text_only(tmp_path / "sub-01.html", qc, t1w=images["t1w"], regional=regional).read_text()
     assert ("QC flag: check this image" in text) is flagged
     assert ("QC passed" in text) is not flagged
+    empty = _write_text_only(tmp_path / "sub-02.html", {}, t1w=images["t1w"], regional=regional).read_text()
+    assert "no QC metrics" in empty and "QC passed" not in empty and "QC flag" not in empty
 
 
 def test_qc_table_explains_and_marks_implausible_values() -> None:

@@ -58,3 +58,21 @@ def screenshot(html: Path, png: Path, width: int = 1200, height: int = 8000, tim
     if result.returncode != 0 or not png.is_file():
         raise RuntimeError(f"Chromium could not screenshot {html}: {result.stderr.strip()[-500:]}")
     return png
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ketabids.reports.screenshot report.html shot.png [--width W] [--height H]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("html", type=Path)
+    parser.add_argument("png", type=Path)
+    parser.add_argument("--width", type=int, default=1200)
+    parser.add_argument("--height", type=int, default=8000)
+    args = parser.parse_args(argv)
+    print(screenshot(args.html, args.png, width=args.width, height=args.height))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

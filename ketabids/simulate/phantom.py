@@ -35,6 +35,7 @@ CENTRE = np.array([0.0, -18.0, 10.0])  # centre of the brain in MNI mm (stretch/
 BRAIN_BOX = (np.array([-72.0, -107.0, -72.0]), np.array([72.0, 73.0, 82.0]))  # MNI bounding box of the ICV
 HEAD_BOX = (np.array([-112.0, -150.0, -230.0]), np.array([112.0, 140.0, 130.0]))  # head + neck model extent
 HEAD_SPACING = 2.0  # mm, spacing of the non-brain head model
+MAX_TRUTH_SPACING = 2.0  # mm, coarsest anatomy grid (finer when the voxels are smaller)
 
 ORIENTATIONS = ("LAS", "RAS", "PIR", "LPS")  # storage orientations of the scanner grid
 _AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
@@ -196,20 +197,36 @@ class _Anatomy:
     warp: np.ndarray  # (3, nx, ny, nz) divergence-free displacement on a coarse grid (z frame)
     warp_affine: np.ndarray
 
-    def template_points(self, x: np.ndarray, displacement: np.ndarray | None = None) -> np.ndarray:
-        """Template coordinates ``y`` of subject points ``x`` (3, N); ``displacement`` (3, N) adds ``u``."""
-        z = x / np.float32(self.scale)
-        affine = np.eye(4)
-        affine[:3, :3] = self.stretch
-        affine[:3, 3] = CENTRE - self.stretch @ CENTRE
-        y = _apply(affine, z) - self.random_warp(z)
-        return y if displacement is None else y - displacement
+    def template_points(
+        self, shape: Sequence[int], affine: np.ndarray, displacement: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Template coordinates ``y`` (3, N) of the nodes of an axis-aligned subject grid; ``u`` optional."""
+        to_z = np.diag([1 / self.scale] * 3 + [1.0]) @ affine
+        stretch = np.eye(4)
+        stretch[:3, :3] = self.stretch
+        stretch[:3, 3] = CENTRE - self.stretch @ CENTRE
+        y = _grid_points(shape, stretch @ to_z) - self._warp_on_grid(shape, to_z)
+        return y if displacement is None else y - displacement.reshape(3, -1)
 
-    def random_warp(self, z: np.ndarray) -> np.ndarray:
-        ijk = _apply(np.linalg.inv(self.warp_affine), z)
-        return np.stack(
-            [ndimage.map_coordinates(c, ijk, order=1, mode="nearest", prefilter=False) for c in self.warp]
-        )
+    def _warp_on_grid(self, shape: Sequence[int], affine: np.ndarray) -> np.ndarray:
+        """The coarse random warp linearly interpolated at the nodes of an axis-aligned grid (separable)."""
+        matrices = []
+        for axis, n in enumerate(shape):
+            coarse = (affine[axis, 3] + affine[axis, axis] * np.arange(n) - self.warp_affine[axis, 3]) / (
+                self.warp_affine[axis, axis]
+            )
+            size = self.warp.shape[axis + 1]
+            coarse = np.clip(coarse, 0, size - 1)
+            low = np.minimum(np.floor(coarse).astype(int), size - 2)
+            weight = coarse - low
+            m = np.zeros((n, size), dtype=np.float32)
+            m[np.arange(n), low] = 1 - weight
+            m[np.arange(n), low + 1] = weight
+            matrices.append(m)
+        out = np.empty((3, *shape), dtype=np.float32)
+        for c in range(3):
+            out[c] = np.einsum("ia,jb,kc,abc->ijk", *matrices, self.warp[c], optimize=True)
+        return out.reshape(3, -1)
 
 
 def _random_anatomy(seed: int, scale: float, warp_mm: float = 3.0, stretch_sd: float = 0.04) -> _Anatomy:
@@ -295,7 +312,7 @@ def _regional_displacement(
     spacing = float(affine[0, 0])
     gm, _, _, t_affine = _tissue_maps(spacing)
     labels, l_affine, gm_labels = _atlas_arrays(atlas)
-    y0 = anatomy.template_points(_grid_points(shape, affine))
+    y0 = anatomy.template_points(shape, affine)
     lab = _sample(labels, l_affine, y0, order=0).clip(0)
     near = ndimage.binary_dilation((lab > 0).reshape(shape), iterations=max(2, int(6 / spacing))).ravel()
     n_labels = labels.max() + 1
@@ -452,6 +469,7 @@ def make_phantom(
     fov: Sequence[float] | None = None,
     neck: bool = True,
     max_rotation_deg: float = 15.0,
+    truth_spacing: float | None = None,
 ) -> Phantom:
     """Simulate one whole-head T1w scan of a subject and its truth.
 
@@ -463,6 +481,8 @@ def make_phantom(
     measured down from just above the vertex, storage orientation, an oblique grid, contrast, gain,
     bias field (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd / WM intensity).
     Same anatomy_seed + new acquisition_seed = a rescan. ``neck=False`` drops neck and shoulders.
+    The truth lives on an anatomy grid of ``truth_spacing`` mm (default: the smallest voxel size,
+    at most 2 mm, so that coarse test scans still have well-resolved truth).
     """
     labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
     index_of = dict(zip(gm_labels["name"], gm_labels["index"], strict=True))
@@ -474,21 +494,22 @@ def make_phantom(
             raise ValueError(f"regional change {fraction} of '{name}' is outside (-0.5, 1.0)")
         change[int(index_of[name])] = float(fraction)
     voxel_size = tuple(float(v) for v in voxel_size)
-    spacing = min(voxel_size)
+    spacing = min(*voxel_size, MAX_TRUTH_SPACING) if truth_spacing is None else float(truth_spacing)
     anatomy = _random_anatomy(anatomy_seed, float(head_scale))
 
     # regional deformation and truth maps on the anatomy grid
     lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
     shape, affine = _box_grid(lo, hi, spacing)
     u = _regional_displacement(anatomy, change, atlas, shape, affine)
-    points = _grid_points(shape, affine)
-    y = anatomy.template_points(points, u.reshape(3, -1))
+    y = anatomy.template_points(shape, affine, u)
     gm_t, wm_t, icv_t, t_affine = _tissue_maps(spacing)
-    gm = _sample(gm_t, t_affine, y).reshape(shape)
-    wm = _sample(wm_t, t_affine, y).reshape(shape)
-    icv = _sample(icv_t, t_affine, y).reshape(shape)
+    inside = np.all((y > BRAIN_BOX[0][:, None] - 2) & (y < BRAIN_BOX[1][:, None] + 2), axis=0)
+    y_in = y[:, inside]
+    gm, wm, icv = (np.zeros(shape, dtype=np.float32) for _ in range(3))
+    labels = np.zeros(shape, dtype=np.int16)
+    for out, volume, order in ((gm, gm_t, 1), (wm, wm_t, 1), (icv, icv_t, 1), (labels, labels_arr, 0)):
+        out.reshape(-1)[inside] = _sample(volume, t_affine if order else l_affine, y_in, order=order)
     csf = np.clip(icv - gm - wm, 0, None)
-    labels = _sample(labels_arr, l_affine, y, order=0).reshape(shape)
     voxel_mm3 = spacing**3
     regional = np.bincount(labels.ravel().clip(0), weights=gm.ravel(), minlength=labels_arr.max() + 1)
     regional_gm = pd.DataFrame(
@@ -518,10 +539,10 @@ def make_phantom(
     scan_shape, scan_affine = _scanner_grid(acq, pose, head_scale, voxel_size)
     gm_i, csf_i = acq.contrast
     brain = gm * gm_i + wm * WM + csf * csf_i
-    head_spacing = max(HEAD_SPACING, spacing)
+    head_spacing = max(HEAD_SPACING, min(voxel_size))
     h_shape, h_affine = _box_grid(HEAD_BOX[0] * head_scale, HEAD_BOX[1] * head_scale, head_spacing)
     head_t, head_t_affine = _head_model()
-    h_y = anatomy.template_points(_grid_points(h_shape, h_affine))
+    h_y = anatomy.template_points(h_shape, h_affine)
     head = _sample(head_t, head_t_affine, h_y)
     if not neck:
         head[h_y[2] < -75] = 0.0
@@ -532,9 +553,10 @@ def make_phantom(
     ijk = _apply(np.linalg.inv(affine), x)
     near = np.all((ijk > -1) & (ijk < np.array(shape)[:, None]), axis=0)
     in_brain = ijk[:, near]
-    b = ndimage.map_coordinates(brain, in_brain, order=1, mode="constant", prefilter=False)
-    f = ndimage.map_coordinates(icv, in_brain, order=1, mode="constant", prefilter=False)
-    signal[near] = b + (1 - f) * signal[near]
+    both = ndimage.map_coordinates(
+        (brain + 1j * icv).astype(np.complex64), in_brain, order=1, prefilter=False
+    )
+    signal[near] = both.real + (1 - both.imag) * signal[near]
     signal = signal.reshape(scan_shape) * _bias_field(scan_shape, acq.bias_coefficients, bias) * acq.gain
     rng = np.random.default_rng([acquisition_seed, 3])
     sd = noise * acq.gain

@@ -30,7 +30,13 @@ from ketabids.reports.participant import (
 from ketabids.reports.screenshot import find_chromium, screenshot
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
-PLAUSIBLE_QC = {"cjv": 0.45, "cnr": 3.1, "snr": 21.0, "registration_ncc": 0.9, "brain_volume_mm3": 1.2e6}
+PLAUSIBLE_QC = {
+    "cjv": 0.45,
+    "cnr": 3.1,
+    "snr": 21.0,
+    "registration_correlation": 0.9,
+    "brain_volume_mm3": 1.2e6,
+}
 TISSUE = {"tiv_mm3": 1_500_000.0, "gm_volume_mm3": 700_000.0, "wm_volume_mm3": 500_000.0}
 
 
@@ -226,6 +232,8 @@ def test_methods_and_software_are_listed(report: Path) -> None:
         ({**PLAUSIBLE_QC, "qc_pass": False}, True),
         (PLAUSIBLE_QC, False),
         ({**PLAUSIBLE_QC, "cnr": 0.2}, True),  # no flag set by the pipeline: implausible values decide
+        ({**PLAUSIBLE_QC, "qc_flags": "cjv,cnr"}, True),  # a list of flagged metrics
+        ({**PLAUSIBLE_QC, "qc_flags": ""}, False),
     ],
 )
 def test_qc_flag_shows_when_qc_says_so(
@@ -234,6 +242,7 @@ def test_qc_flag_shows_when_qc_says_so(
     text = _write_text_only(tmp_path / "sub-01.html", qc, t1w=images["t1w"], regional=regional).read_text()
     assert ("QC flag: check this image" in text) is flagged
     assert ("QC passed" in text) is not flagged
+    assert ("qc_flags: cjv,cnr" in text) is (qc.get("qc_flags") == "cjv,cnr")  # the reasons are shown
     empty = _write_text_only(tmp_path / "sub-02.html", {}, t1w=images["t1w"], regional=regional).read_text()
     assert "no QC metrics" in empty and "QC passed" not in empty and "QC flag" not in empty
 
@@ -244,6 +253,7 @@ def test_qc_table_explains_and_marks_implausible_values() -> None:
     assert "joint variation" in rows["cjv"]["label"] and rows["cjv"]["explanation"]
     assert qc_flag({"cjv": 0.3}) is None
     assert qc_flag({"qc_flag": "true"}) is True and qc_flag({"qc_flag": 0}) is False
+    assert qc_flag({"qc_flag": "n/a"}) is False and qc_flag({"qc_flag": float("nan")}) is False
 
 
 def test_failed_figure_leaves_no_file(

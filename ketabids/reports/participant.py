@@ -62,7 +62,8 @@ class QcMetric:
         return (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
 
-# Matched in order against each QC key; ranges are generous bounds for adult T1w images at 1-3 T.
+# Matched in order against each QC key; ranges are bounds for adult T1w images at 1-3 T, the same as
+# the participant pipeline's plausibility checks where it has one.
 QC_METRICS: tuple[QcMetric, ...] = (
     QcMetric(
         r"cjv",
@@ -75,15 +76,14 @@ QC_METRICS: tuple[QcMetric, ...] = (
     QcMetric(
         r"cnr",
         "Contrast-to-noise ratio (GM/WM)",
-        "|mean WM - mean GM| divided by the noise. Higher is better; below 1 the two tissues can "
-        "hardly be told apart and the segmentation is unreliable.",
+        "|mean WM - mean GM| / sqrt(SD of GM² + SD of WM²). Higher is better; below 1 the two tissues "
+        "can hardly be told apart and the segmentation is unreliable.",
         low=1.0,
     ),
     QcMetric(
         r"snr",
         "Signal-to-noise ratio",
-        "Mean tissue intensity divided by its standard deviation (or by the background noise). "
-        "Higher is better; below 5 the image is very noisy.",
+        "Mean WM intensity / its standard deviation. Higher is better; below 5 the image is very noisy.",
         low=5.0,
     ),
     QcMetric(
@@ -91,7 +91,7 @@ QC_METRICS: tuple[QcMetric, ...] = (
         "Similarity to the template after registration",
         "Correlation between the T1w warped to the template and the template inside its brain mask "
         "(1 = identical). Low values point to a failed or partial registration.",
-        low=0.5,
+        low=0.8,
         high=1.0,
     ),
     QcMetric(
@@ -106,9 +106,11 @@ QC_METRICS: tuple[QcMetric, ...] = (
         r"tiv",
         "Total intracranial volume (mm³)",
         "GM + WM + CSF volume. Adults are about 1.1-2.0 L.",
-        low=800_000.0,
-        high=2_400_000.0,
+        low=900_000.0,
+        high=2_300_000.0,
     ),
+    QcMetric(r"gm_frac", "GM fraction of TIV", "GM volume / TIV; adults about 0.35-0.55.", 0.30, 0.65),
+    QcMetric(r"wm_frac", "WM fraction of TIV", "WM volume / TIV; adults about 0.25-0.45.", 0.20, 0.55),
     QcMetric(r"gm.*mm3", "Grey-matter volume (mm³)", "Sum of the GM probability times the voxel volume."),
     QcMetric(r"wm.*mm3", "White-matter volume (mm³)", "Sum of the WM probability times the voxel volume."),
     QcMetric(r"csf.*mm3", "CSF volume (mm³)", "Sum of the CSF probability times the voxel volume."),
@@ -217,7 +219,11 @@ def _session_context(inputs: SessionInputs) -> dict[str, object]:
     flag = qc_flag(inputs.qc)
     if flag is None:
         flag = any(row["implausible"] for row in qc_rows)
-    reasons = [str(value) for key, value in inputs.qc.items() if "reason" in key.lower() and value]
+    reasons = [
+        f"{key}: {value}"
+        for key, value in inputs.qc.items()
+        if isinstance(value, str) and re.search("reason|flag", key, re.IGNORECASE) and _truthy(value)
+    ]
     anchor = f"ses-{inputs.session}" if inputs.session else "session"
     return {
         "label": inputs.session,
@@ -311,8 +317,11 @@ def qc_flag(qc: Mapping[str, float | bool | str]) -> bool | None:
 
 
 def _truthy(value: object) -> bool:
+    """True for True, non-zero numbers and strings that are not empty/false (e.g. a list of reasons)."""
     if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "y"}
+        return value.strip().lower() not in {"", "0", "false", "no", "n", "none", "n/a", "nan"}
+    if isinstance(value, float | np.floating) and not math.isfinite(value):
+        return False
     return bool(value)
 
 

@@ -1,7 +1,11 @@
-"""Figures for the HTML reports: slice mosaics with contours, rendered as inline base64 PNGs.
+"""Figures for the HTML reports, rendered as inline base64 PNG ``data:`` URIs.
 
-Everything runs on matplotlib's Agg backend and nilearn's plotting (which handles any affine),
-so a report needs neither a display nor the network.
+Participant report: ``contour_mosaic`` (rows of sagittal, coronal and axial slices with contours),
+``cut_coords``, ``crop_box``, ``as_ras``, ``binary_image``. Group report: ``region_value_image`` +
+``stat_mosaic`` (e.g. SVM weights painted on atlas regions), ``roc_figure``,
+``null_distribution_figure``, ``weight_bars``; any matplotlib figure goes through
+``figure_to_data_uri``. Everything runs on matplotlib's Agg backend and nilearn's plotting (which
+handles any affine), so a report needs neither a display nor the network.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def load_image(img: ImageLike) -> nib.spatialimages.SpatialImage:
 def binary_image(img: ImageLike, labels: Sequence[int] | None = None) -> nib.Nifti1Image:
     """A float 0/1 image of voxels whose label is in ``labels`` (or non-zero when ``labels`` is None)."""
     loaded = load_image(img)
-    data = np.asanyarray(loaded.dataobj)
+    data = np.nan_to_num(np.asanyarray(loaded.dataobj, dtype=np.float64))
     inside = data > 0 if labels is None else np.isin(np.rint(data).astype(np.int64), list(labels))
     return nib.Nifti1Image(inside.astype(np.float32), loaded.affine)
 

@@ -484,7 +484,7 @@ def make_phantom(
     The truth lives on an anatomy grid of ``truth_spacing`` mm (default: the smallest voxel size,
     at most 2 mm, so that coarse test scans still have well-resolved truth).
     """
-    labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
+    gm_labels = _atlas_arrays(atlas)[2]
     index_of = dict(zip(gm_labels["name"], gm_labels["index"], strict=True))
     change = {}
     for name, fraction in (regional_change or {}).items():
@@ -495,12 +495,51 @@ def make_phantom(
         change[int(index_of[name])] = float(fraction)
     voxel_size = tuple(float(v) for v in voxel_size)
     spacing = min(*voxel_size, MAX_TRUTH_SPACING) if truth_spacing is None else float(truth_spacing)
-    anatomy = _random_anatomy(anatomy_seed, float(head_scale))
+    key = (anatomy_seed, float(head_scale), tuple(sorted(change.items())), atlas, spacing)
+    truth = _subject_truth(*key)
+    acq = _random_acquisition(acquisition_seed, rotation_deg, translation_mm, fov, max_rotation_deg)
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_euler("xyz", acq.rotation_deg, degrees=True).as_matrix()
+    pose[:3, 3] = acq.translation_mm
+    head, h_affine = _subject_head(anatomy_seed, float(head_scale), max(HEAD_SPACING, min(voxel_size)), neck)
+    t1w = _scan(truth, head, h_affine, acq, pose, head_scale, voxel_size, noise, bias, acquisition_seed)
+    world = pose @ truth.affine
+    return Phantom(
+        t1w=t1w,
+        gm=_image(truth.gm, world),
+        wm=_image(truth.wm, world),
+        csf=_image(truth.csf, world),
+        brain_mask=_image((truth.icv >= 0.5).astype(np.uint8), world),
+        labels=_image(truth.labels, world),
+        regional_gm=truth.regional_gm.copy(),
+        tissue_volumes=truth.tissue_volumes.copy(),
+        atlas=atlas,
+        acquisition=acq.as_dict(),
+    )
 
-    # regional deformation and truth maps on the anatomy grid
+
+@dataclass(frozen=True)
+class _Truth:
+    gm: np.ndarray
+    wm: np.ndarray
+    csf: np.ndarray
+    icv: np.ndarray
+    labels: np.ndarray
+    affine: np.ndarray  # anatomy grid -> subject anatomy (x) mm
+    regional_gm: pd.DataFrame
+    tissue_volumes: pd.DataFrame
+
+
+@lru_cache(maxsize=2)
+def _subject_truth(
+    anatomy_seed: int, head_scale: float, change: tuple[tuple[int, float], ...], atlas: str, spacing: float
+) -> _Truth:
+    """The subject's deformed tissue maps and labels on its anatomy grid, and their volumes (cached for rescans)."""
+    anatomy = _random_anatomy(anatomy_seed, head_scale)
+    labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
     lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
     shape, affine = _box_grid(lo, hi, spacing)
-    u = _regional_displacement(anatomy, change, atlas, shape, affine)
+    u = _regional_displacement(anatomy, dict(change), atlas, shape, affine)
     y = anatomy.template_points(shape, affine, u)
     gm_t, wm_t, icv_t, t_affine = _tissue_maps(spacing)
     inside = np.all((y > BRAIN_BOX[0][:, None] - 2) & (y < BRAIN_BOX[1][:, None] + 2), axis=0)
@@ -512,72 +551,73 @@ def make_phantom(
     csf = np.clip(icv - gm - wm, 0, None)
     voxel_mm3 = spacing**3
     regional = np.bincount(labels.ravel().clip(0), weights=gm.ravel(), minlength=labels_arr.max() + 1)
+    index = gm_labels["index"].to_numpy()
     regional_gm = pd.DataFrame(
-        {
-            "index": gm_labels["index"].to_numpy(),
-            "name": gm_labels["name"].to_numpy(),
-            "gm_volume_mm3": regional[gm_labels["index"].to_numpy()] * voxel_mm3,
-        }
+        {"index": index, "name": gm_labels["name"].to_numpy(), "gm_volume_mm3": regional[index] * voxel_mm3}
     )
-    totals = [float(a.sum(dtype=np.float64) * voxel_mm3) for a in (gm, wm, csf)]
+    gm_mm3, wm_mm3, csf_mm3 = (float(a.sum(dtype=np.float64) * voxel_mm3) for a in (gm, wm, csf))
     tissue_volumes = pd.DataFrame(
         [
             {
-                "tiv_mm3": sum(totals),
-                "gm_volume_mm3": totals[0],
-                "wm_volume_mm3": totals[1],
-                "csf_volume_mm3": totals[2],
+                "tiv_mm3": gm_mm3 + wm_mm3 + csf_mm3,
+                "gm_volume_mm3": gm_mm3,
+                "wm_volume_mm3": wm_mm3,
+                "csf_volume_mm3": csf_mm3,
             }
         ]
     )
+    for array in (gm, wm, csf, icv, labels):
+        array.flags.writeable = False
+    return _Truth(gm, wm, csf, icv, labels, affine, regional_gm, tissue_volumes)
 
-    # the scan
-    acq = _random_acquisition(acquisition_seed, rotation_deg, translation_mm, fov, max_rotation_deg)
-    pose = np.eye(4)
-    pose[:3, :3] = Rotation.from_euler("xyz", acq.rotation_deg, degrees=True).as_matrix()
-    pose[:3, 3] = acq.translation_mm
+
+@lru_cache(maxsize=2)
+def _subject_head(
+    anatomy_seed: int, head_scale: float, spacing: float, neck: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Non-brain intensity of the subject's head on an anatomy-aligned grid (cached for rescans)."""
+    anatomy = _random_anatomy(anatomy_seed, head_scale)
+    shape, affine = _box_grid(HEAD_BOX[0] * head_scale, HEAD_BOX[1] * head_scale, spacing)
+    head_t, head_t_affine = _head_model()
+    y = anatomy.template_points(shape, affine)
+    head = _sample(head_t, head_t_affine, y)
+    if not neck:
+        head[y[2] < -75] = 0.0
+    head = head.reshape(shape)
+    head.flags.writeable = False
+    return head, affine
+
+
+def _scan(
+    truth: _Truth,
+    head: np.ndarray,
+    head_affine: np.ndarray,
+    acq: _Acquisition,
+    pose: np.ndarray,
+    head_scale: float,
+    voxel_size: tuple[float, ...],
+    noise: float,
+    bias: float,
+    seed: int,
+) -> nib.Nifti1Image:
+    """The T1w: tissue mixture on the scanner grid, times a bias field, with Rician noise."""
     scan_shape, scan_affine = _scanner_grid(acq, pose, head_scale, voxel_size)
     gm_i, csf_i = acq.contrast
-    brain = gm * gm_i + wm * WM + csf * csf_i
-    head_spacing = max(HEAD_SPACING, min(voxel_size))
-    h_shape, h_affine = _box_grid(HEAD_BOX[0] * head_scale, HEAD_BOX[1] * head_scale, head_spacing)
-    head_t, head_t_affine = _head_model()
-    h_y = anatomy.template_points(h_shape, h_affine)
-    head = _sample(head_t, head_t_affine, h_y)
-    if not neck:
-        head[h_y[2] < -75] = 0.0
-    head = head.reshape(h_shape)
-
+    brain = truth.gm * gm_i + truth.wm * WM + truth.csf * csf_i
     x = _grid_points(scan_shape, np.linalg.inv(pose) @ scan_affine)
-    signal = _sample(head, h_affine, x)
-    ijk = _apply(np.linalg.inv(affine), x)
-    near = np.all((ijk > -1) & (ijk < np.array(shape)[:, None]), axis=0)
-    in_brain = ijk[:, near]
-    both = ndimage.map_coordinates(
-        (brain + 1j * icv).astype(np.complex64), in_brain, order=1, prefilter=False
-    )
+    signal = _sample(head, head_affine, x)
+    ijk = _apply(np.linalg.inv(truth.affine), x)
+    near = np.all((ijk > -1) & (ijk < np.array(truth.gm.shape)[:, None]), axis=0)
+    mixed = (brain + 1j * truth.icv).astype(np.complex64)
+    both = ndimage.map_coordinates(mixed, ijk[:, near], order=1, prefilter=False)
     signal[near] = both.real + (1 - both.imag) * signal[near]
     signal = signal.reshape(scan_shape) * _bias_field(scan_shape, acq.bias_coefficients, bias) * acq.gain
-    rng = np.random.default_rng([acquisition_seed, 3])
+    rng = np.random.default_rng([seed, 3])
     sd = noise * acq.gain
     real = signal + rng.standard_normal(scan_shape, dtype=np.float32) * sd
     imag = rng.standard_normal(scan_shape, dtype=np.float32) * sd
     data = np.clip(np.rint(np.sqrt(real**2 + imag**2)), 0, 32767).astype(np.int16)
-    t1w = _image(data, scan_affine)
-
-    world = pose @ affine
-    return Phantom(
-        t1w=t1w,
-        gm=_image(gm.astype(np.float32), world),
-        wm=_image(wm.astype(np.float32), world),
-        csf=_image(csf.astype(np.float32), world),
-        brain_mask=_image((icv >= 0.5).astype(np.uint8), world),
-        labels=_image(labels.astype(np.int16), world),
-        regional_gm=regional_gm,
-        tissue_volumes=tissue_volumes,
-        atlas=atlas,
-        acquisition=acq.as_dict(),
-    )
+    return _image(data, scan_affine)
 
 
 def _image(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:

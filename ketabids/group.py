@@ -17,7 +17,13 @@ import pandas as pd
 
 from ketabids import __version__
 from ketabids.data.templates import TEMPLATE_NAME
-from ketabids.derivatives import atomic_copy, atomic_write, write_text_atomic, write_tsv_atomic
+from ketabids.derivatives import (
+    atomic_copy,
+    atomic_write,
+    parse_entities,
+    write_text_atomic,
+    write_tsv_atomic,
+)
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.learning import cohorts
 from ketabids.learning.engine import Data, Protocol, evaluate, run_cv
@@ -265,8 +271,22 @@ def _site_levels(inputs: GroupInputs) -> list[str]:
     return sorted(c.removeprefix("site_") for c in inputs.covariates.columns if c.startswith("site_"))
 
 
+def _check_atlas(settings: GroupSettings, atlas: str | None) -> None:
+    """Refuse a model whose atlas has no tables here while tables of other atlases exist."""
+    found = {
+        parse_entities(path).get("seg")
+        for path in Path(settings.output_dir).glob("sub-*/**/anat/*_seg-*_morph.tsv")
+    }
+    if found and atlas not in found:
+        raise BadDataError(
+            f"{settings.model_file}: the model was trained on atlas '{atlas}' but {settings.output_dir} "
+            f"has tables for {', '.join(sorted(str(a) for a in found))}; rerun the participant level with --atlas {atlas}"
+        )
+
+
 def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]:
     model, card = load_model(Path(settings.model_file))
+    _check_atlas(settings, card.get("atlas"))
     covariates = tuple(card.get("covariates", ()))
     site_levels = None
     if "site" in covariates:

@@ -1,0 +1,234 @@
+"""Group level end to end on simulated tables: outputs, validation, model files, bad inputs."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import skops.io as sio
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import FunctionTransformer
+
+from ketabids.errors import BadDataError, InputMissingError, UsageError
+from ketabids.group import WEIGHT_MAP, run_group_level
+from ketabids.learning.modelfile import load_model, sha256
+from ketabids.settings import GroupSettings
+from ketabids.simulate.cohort import region_lobes, simulate_cohort
+from ketabids.simulate.tables import write_tables
+
+SMALL = {"cv_repeats": 2, "outer_folds": 5, "inner_folds": 3, "c_grid": (0.001, 0.01, 0.1, 1.0)}
+
+
+def _dataset(root: Path, seed: int = 0, **sizes) -> GroupSettings:
+    design = simulate_cohort(seed=seed, **sizes)
+    write_tables(design, root / "bids", root / "out", seed=seed, qc_fail=("sub-002",))
+    return GroupSettings(bids_dir=root / "bids", output_dir=root / "out", random_seed=seed, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> GroupSettings:
+    """Paper-sized cohorts (99 discovery, 26 + 25 external, 49 saline) trained with 39 permutations."""
+    settings = replace(_dataset(tmp_path_factory.mktemp("paper")), n_permutations=39, n_jobs=2)
+    run_group_level(settings)
+    return settings
+
+
+def _read(settings: GroupSettings, name: str) -> pd.DataFrame:
+    return pd.read_csv(settings.output_dir / "group" / name, sep="\t", na_values=["n/a"])
+
+
+def test_group_writes_every_output(trained):
+    group = trained.output_dir / "group"
+    for name in ("predictions.tsv", "metrics.tsv", "metrics.json", "weights.tsv", "model.skops", "model.json",
+                 "report.html", WEIGHT_MAP):  # fmt: skip
+        assert (group / name).is_file(), name
+    predictions = _read(trained, "predictions.tsv")
+    assert list(predictions.columns[:7]) == [
+        "participant_id", "cohort", "treatment", "evaluation", "y_true", "probability", "y_pred"
+    ]  # fmt: skip
+    assert predictions["participant_id"].is_unique and "sub-002" not in set(predictions["participant_id"])
+    assert predictions.groupby("evaluation").size().to_dict() == {"control": 49, "cv": 98, "external": 51}
+    assert predictions["probability"].between(0, 1).all()
+    metrics = _read(trained, "metrics.tsv").set_index("evaluation")
+    assert set(metrics.index) == {"cv", "external", "external:external1", "external:external2", "control"}
+    assert json.loads((group / "metrics.json").read_text())["cv"]["n"] == 98
+    card = json.loads((group / "model.json").read_text())
+    assert card["sha256"] == sha256(group / "model.skops")
+    assert card["training"]["n"] == 98 and card["atlas"] == "neuromorphometrics"
+    assert len(card["feature_names"]) == 121
+    report = (group / "report.html").read_text()
+    assert (
+        "sub-002" in report and "10.1038/s41398-026-04085-4" in report and "data:image/png;base64" in report
+    )
+    image = nib.load(group / WEIGHT_MAP)
+    assert np.count_nonzero(image.get_fdata()) > 1000
+
+
+def test_external_significant_control_at_chance_and_pattern(trained):
+    metrics = _read(trained, "metrics.tsv").set_index("evaluation")
+    assert metrics.loc["cv", "balanced_accuracy"] > 0.55
+    assert metrics.loc["external", "p_value"] <= 0.05 and metrics.loc["external", "auc"] > 0.6
+    assert (
+        metrics.loc["control", "p_value"] > 0.05
+        and abs(metrics.loc["control", "balanced_accuracy"] - 0.5) < 0.15
+    )
+    weights = _read(trained, "weights.tsv")
+    lobes = region_lobes(weights["feature"]).to_numpy()
+    top = weights.head(10)
+    assert (top["weight"][lobes[:10] == "cerebellar"] < 0).any()
+    assert (
+        weights["cv_mean"][lobes == "frontal"].mean() > 0 > weights["cv_mean"][lobes == "cerebellar"].mean()
+    )
+    assert weights["sign_consistency"].between(0, 1).all()
+
+
+def _subset_dataset(source: GroupSettings, root: Path, participants: list[str]) -> GroupSettings:
+    (root / "bids").mkdir(parents=True)
+    table = pd.read_csv(source.bids_dir / "participants.tsv", sep="\t")
+    table[table["participant_id"].isin(participants)].to_csv(
+        root / "bids" / "participants.tsv", sep="\t", index=False
+    )
+    for participant in participants:
+        shutil.copytree(source.output_dir / participant, root / "out" / participant)
+    return GroupSettings(bids_dir=root / "bids", output_dir=root / "out")
+
+
+def test_model_round_trip_matches_in_process_predictions(trained, tmp_path):
+    predictions = _read(trained, "predictions.tsv")
+    external = predictions[predictions["evaluation"] == "external"]
+    other = _subset_dataset(trained, tmp_path, list(external["participant_id"]))
+    run_group_level(replace(other, model_file=trained.output_dir / "group" / "model.skops"))
+    applied = _read(other, "predictions.tsv").set_index("participant_id").loc[external["participant_id"]]
+    assert (applied["evaluation"] == "apply").all()
+    np.testing.assert_allclose(applied["probability"], external["probability"].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(applied["y_pred"], external["y_pred"])
+    metrics = _read(other, "metrics.tsv").set_index("evaluation")
+    in_process = _read(trained, "metrics.tsv").set_index("evaluation")
+    assert metrics.loc["apply", "auc"] == pytest.approx(in_process.loc["external", "auc"], abs=1e-6)
+
+
+def _copy_model(trained: GroupSettings, folder: Path) -> Path:
+    folder.mkdir()
+    for name in ("model.skops", "model.json"):
+        shutil.copy(trained.output_dir / "group" / name, folder / name)
+    return folder / "model.skops"
+
+
+def _reseal(path: Path) -> None:
+    card = json.loads(path.with_suffix(".json").read_text())
+    card["sha256"] = sha256(path)
+    path.with_suffix(".json").write_text(json.dumps(card))
+
+
+def test_tampered_pickled_and_foreign_models_are_refused(trained, tmp_path):
+    path = _copy_model(trained, tmp_path / "ok")
+    model, card = load_model(path)
+    assert card["classifier"] == "svm-linear" and hasattr(model, "predict_proba")
+
+    tampered = _copy_model(trained, tmp_path / "tampered")
+    data = bytearray(tampered.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    tampered.write_bytes(bytes(data))
+    with pytest.raises(BadDataError, match="sha256"):
+        load_model(tampered)
+
+    pickled = _copy_model(trained, tmp_path / "pickled")
+    pickled.write_bytes(pickle.dumps(model))
+    _reseal(pickled)
+    with pytest.raises(BadDataError, match="pickle"):
+        load_model(pickled)
+
+    foreign = _copy_model(trained, tmp_path / "foreign")
+    sio.dump(Pipeline([("f", FunctionTransformer(np.exp))]), foreign)
+    _reseal(foreign)
+    with pytest.raises(BadDataError, match="allowlist"):
+        load_model(foreign)
+
+    unsealed = _copy_model(trained, tmp_path / "unsealed")
+    unsealed.with_suffix(".json").unlink()
+    with pytest.raises(InputMissingError, match="model card"):
+        load_model(unsealed)
+
+
+def test_model_with_other_atlas_is_refused(trained, tmp_path):
+    design = simulate_cohort(n_discovery=12, n_external=(), n_saline=0, atlas="aal", seed=1)
+    write_tables(design, tmp_path / "bids", tmp_path / "out")
+    settings = GroupSettings(bids_dir=tmp_path / "bids", output_dir=tmp_path / "out")
+    with pytest.raises(BadDataError, match="atlas 'neuromorphometrics'"):
+        run_group_level(replace(settings, model_file=trained.output_dir / "group" / "model.skops"))
+
+
+@pytest.fixture()
+def small(tmp_path) -> GroupSettings:
+    return _dataset(tmp_path, seed=3, n_discovery=30, n_external=(), n_saline=0)
+
+
+def _edit_participants(settings: GroupSettings, edit) -> None:
+    path = settings.bids_dir / "participants.tsv"
+    table = pd.read_csv(path, sep="\t", dtype=str)
+    edit(table).to_csv(path, sep="\t", index=False)
+
+
+@pytest.mark.parametrize(
+    ("edit", "error", "message"),
+    [
+        (lambda t: t.drop(columns="madrs_pre"), InputMissingError, "madrs_pre"),
+        (lambda t: t.assign(madrs_24h=["ten", *t["madrs_24h"][1:]]), BadDataError, "sub-001 has non-numeric"),
+        (lambda t: pd.concat([t, t.iloc[:1]]), BadDataError, "duplicate participant 'sub-001'"),
+        (lambda t: t.assign(cohort="elsewhere"), InputMissingError, "no discovery participants"),
+        (lambda t: t.assign(madrs_24h=t["madrs_pre"]), BadDataError, "one class only"),
+        (lambda t: t.iloc[:8], BadDataError, "too few participants per class"),
+    ],
+)
+def test_bad_participants_table(small, edit, error, message):
+    _edit_participants(small, edit)
+    with pytest.raises(error, match=message):
+        run_group_level(small)
+
+
+def test_missing_participants_file(small):
+    (small.bids_dir / "participants.tsv").unlink()
+    with pytest.raises(InputMissingError, match=r"participants\.tsv"):
+        run_group_level(small)
+
+
+def test_outcome_from_phenotype_and_sessions(small):
+    participants = pd.read_csv(small.bids_dir / "participants.tsv", sep="\t")
+    (small.bids_dir / "phenotype").mkdir()
+    participants[["participant_id", "madrs_pre", "madrs_24h"]].to_csv(
+        small.bids_dir / "phenotype" / "madrs.tsv", sep="\t", index=False
+    )
+    participants.drop(columns=["madrs_pre", "madrs_24h"]).to_csv(
+        small.bids_dir / "participants.tsv", sep="\t", index=False
+    )
+    # give every participant a pre and a post session with the same tables
+    for folder in sorted(small.output_dir.glob("sub-*")):
+        for session in ("pre", "post"):
+            target = folder / f"ses-{session}" / "anat"
+            target.mkdir(parents=True)
+            for table in (folder / "anat").glob("*.tsv"):
+                name = table.name.replace(f"{folder.name}_", f"{folder.name}_ses-{session}_")
+                shutil.copy(table, target / name)
+        shutil.rmtree(folder / "anat")
+    with pytest.raises(UsageError, match="--session-label"):
+        run_group_level(small)
+    settings = replace(small, session_label="pre", cv_repeats=1, n_permutations=0)
+    run_group_level(settings)
+    predictions = _read(settings, "predictions.tsv")
+    assert len(predictions) == 29 and predictions["y_true"].notna().all()
+
+
+def test_participants_without_tables_are_excluded(small):
+    shutil.rmtree(small.output_dir / "sub-005")
+    settings = replace(small, cv_repeats=1, n_permutations=0)
+    run_group_level(settings)
+    report = (settings.output_dir / "group" / "report.html").read_text()
+    assert "sub-005" in report and "no seg-neuromorphometrics_morph.tsv" in report
+    assert "sub-005" not in set(_read(settings, "predictions.tsv")["participant_id"])

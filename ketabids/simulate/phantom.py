@@ -102,12 +102,14 @@ def _tissue_maps(spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np
 def _sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, order: int = 1) -> np.ndarray:
     """Values of ``volume`` at world points (3, N) through its affine; 0 outside."""
     ijk = _apply(np.linalg.inv(affine), points)
-    if order == 0:
-        idx = np.rint(ijk).astype(np.intp)
-        inside = np.all((idx >= 0) & (idx < np.array(volume.shape)[:, None]), axis=0)
-        out = np.zeros(points.shape[1], dtype=volume.dtype)
-        out[inside] = volume[tuple(idx[:, inside])]
-        return out
+    if order == 0:  # nearest neighbour through a zero border: out-of-grid indices land on the border
+        padded = np.pad(volume, 1)
+        flat = np.zeros(ijk.shape[1], dtype=np.intp)
+        for axis, n in enumerate(padded.shape):
+            index = np.floor(ijk[axis] + 1.5).astype(np.intp)
+            np.clip(index, 0, n - 1, out=index)
+            flat = flat * n + index
+        return padded.ravel().take(flat)
     return ndimage.map_coordinates(volume, ijk, order=order, mode="constant", cval=0.0, prefilter=False)
 
 
@@ -289,16 +291,20 @@ def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
 
 
 def _regional_displacement(
-    anatomy: _Anatomy,
+    y0: np.ndarray,
+    scale: float,
     change: Mapping[int, float],
     atlas: str,
     shape: tuple[int, int, int],
     affine: np.ndarray,
     *,
-    iterations: int = 4,
+    iterations: int = 3,
     tolerance: float = 0.002,
 ) -> np.ndarray:
     """Displacement ``u`` (3, *shape) on the anatomy grid that changes each GM region by its fraction.
+
+    ``y0`` (3, N) are the template coordinates of the grid nodes without regional change and
+    ``scale`` the head scale (the solve works in unscaled anatomy units).
 
     The source (``div u``) is an amplitude per region on that region's labels. Every GM region is a
     target (0 when not requested), measured on this grid against the same anatomy without change;
@@ -312,7 +318,6 @@ def _regional_displacement(
     spacing = float(affine[0, 0])
     gm, _, _, t_affine = _tissue_maps(spacing)
     labels, l_affine, gm_labels = _atlas_arrays(atlas)
-    y0 = anatomy.template_points(shape, affine)
     lab = _sample(labels, l_affine, y0, order=0).clip(0)
     near = ndimage.binary_dilation((lab > 0).reshape(shape), iterations=max(2, int(6 / spacing))).ravel()
     n_labels = labels.max() + 1
@@ -346,7 +351,7 @@ def _regional_displacement(
             gain = np.where(moved, np.clip(slope, 0.3, 2.0), gain)
         previous = (amplitude[regions].astype(float), achieved)
         amplitude[regions] += error / gain
-        u = _solve_displacement(amplitude[lab].reshape(shape), spacing / anatomy.scale)
+        u = _solve_displacement(amplitude[lab].reshape(shape), spacing / scale)
         achieved = measure(u)[regions] / base[regions] - 1
     return u
 
@@ -539,8 +544,9 @@ def _subject_truth(
     labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
     lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
     shape, affine = _box_grid(lo, hi, spacing)
-    u = _regional_displacement(anatomy, dict(change), atlas, shape, affine)
-    y = anatomy.template_points(shape, affine, u)
+    y0 = anatomy.template_points(shape, affine)
+    u = _regional_displacement(y0, head_scale, dict(change), atlas, shape, affine)
+    y = y0 - u.reshape(3, -1)
     gm_t, wm_t, icv_t, t_affine = _tissue_maps(spacing)
     inside = np.all((y > BRAIN_BOX[0][:, None] - 2) & (y < BRAIN_BOX[1][:, None] + 2), axis=0)
     y_in = y[:, inside]

@@ -297,6 +297,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         atlas=card.get("atlas"),
         covariates=covariates,
         site_levels=site_levels,
+        apply=True,
     )
     if list(inputs.features.columns) != card.get("feature_names"):
         raise BadDataError(
@@ -313,7 +314,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     matrix = inputs.matrix().to_numpy(dtype=float)
     decision = model.decision_function(matrix)
     probability = model.predict_proba(matrix)[:, 1]
-    table = inputs.table.assign(evaluation="apply")
+    table = inputs.table
     y = table["y_true"].to_numpy(dtype=float)
     metrics = [_metrics_row("apply", y, decision, probability, settings.random_seed)]
     for cohort in sorted(table["cohort"].dropna().unique()):

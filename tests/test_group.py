@@ -232,3 +232,47 @@ def test_participants_without_tables_are_excluded(small):
     report = (settings.output_dir / "group" / "report.html").read_text()
     assert "sub-005" in report and "no seg-neuromorphometrics_morph.tsv" in report
     assert "sub-005" not in set(_read(settings, "predictions.tsv")["participant_id"])
+
+
+def _write_modulated_maps(design, output_dir: Path, seed: int) -> None:
+    """Modulated GM maps on the 4 mm feature grid: template GM scaled by each region's change and head size."""
+    from nilearn.image import resample_to_img
+
+    from ketabids.data.atlases import load_atlas
+    from ketabids.learning.features import voxel_grid
+    from ketabids.learning.gather import MODULATED_GM
+    from ketabids.simulate.tables import template_volumes
+
+    grid = voxel_grid()
+    reference = nib.Nifti1Image(np.zeros(grid.mask.shape, np.float32), grid.affine)
+    atlas = load_atlas(design.atlas)
+    labels = np.asarray(resample_to_img(atlas.image, reference, interpolation="nearest").dataobj).astype(int)
+    base = template_volumes(design.atlas).regions
+    index_of = dict(zip(base["name"], base["index"], strict=True))
+    rng = np.random.default_rng(seed)
+    gm = np.where(grid.mask, 0.6, 0.0)
+    for participant, change in design.regional_change.iterrows():
+        factor = np.ones(labels.max() + 1)
+        factor[[index_of[name] for name in change.index]] += change.to_numpy()
+        data = gm * factor[labels] * design.head_scale[participant] ** 3 * (1 + rng.normal(0, 0.02, gm.shape))
+        path = output_dir / participant / "anat" / f"{participant}_{MODULATED_GM}"
+        nib.Nifti1Image(data.astype(np.float32), grid.affine).to_filename(path)
+
+
+def test_voxel_features_learn_the_simulated_pattern(tmp_path):
+    design = simulate_cohort(n_discovery=60, n_external=(), n_saline=0, effect_size=2.5, seed=7)
+    write_tables(design, tmp_path / "bids", tmp_path / "out", seed=7)
+    _write_modulated_maps(design, tmp_path / "out", seed=7)
+    settings = GroupSettings(
+        bids_dir=tmp_path / "bids", output_dir=tmp_path / "out", features="voxel", n_permutations=0,
+        cv_repeats=1, outer_folds=5, inner_folds=3, c_grid=(0.001, 0.01, 0.1),
+    )  # fmt: skip
+    run_group_level(settings)
+    metrics = _read(settings, "metrics.tsv").set_index("evaluation")
+    assert metrics.loc["cv", "balanced_accuracy"] > 0.65
+    weights = nib.load(settings.output_dir / "group" / WEIGHT_MAP)
+    assert weights.shape == (50, 59, 48)
+    card = json.loads((settings.output_dir / "group" / "model.json").read_text())
+    assert card["features"] == "voxel" and len(card["feature_names"]) == int(
+        np.count_nonzero(weights.get_fdata())
+    )

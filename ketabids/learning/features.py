@@ -109,21 +109,38 @@ def voxel_grid(factor: int = VOXEL_MM) -> VoxelGrid:
 
 
 def voxel_matrix(paths: dict[str, Path], grid: VoxelGrid, factor: int = VOXEL_MM) -> pd.DataFrame:
-    """Modulated GM maps (template space, 1 mm) block-averaged inside the GM mask."""
-    from nilearn.image import resample_to_img
+    """Modulated GM maps (template space) on the coarse grid inside the GM mask.
+
+    Maps on the 1 mm template grid are averaged over blocks; maps on any other grid are
+    resampled (linearly) onto the coarse grid.
+    """
+    from nilearn.image import resample_img
 
     template = load_template()
     rows = {}
     for participant, path in paths.items():
         try:
             img = nib.load(path)
-        except (OSError, nib.filebasedimages.ImageFileError) as err:
-            raise BadDataError(f"{participant}: cannot read {path}: {err}") from err
-        if img.shape[:3] != template.gm.shape or not np.allclose(img.affine, template.affine, atol=1e-3):
-            img = resample_to_img(
-                img, template.gm, interpolation="linear", force_resample=True, copy_header=True
+            on_template = img.shape[:3] == template.gm.shape and np.allclose(
+                img.affine, template.affine, atol=1e-3
             )
-        data = np.asarray(img.get_fdata(dtype=np.float32)).reshape(template.gm.shape)
-        rows[participant] = _block_mean(data, factor)[grid.mask]
+            if on_template:
+                data = _block_mean(
+                    np.asarray(img.get_fdata(dtype=np.float32)).reshape(template.gm.shape), factor
+                )
+            else:
+                data = resample_img(
+                    nib.Nifti1Image(
+                        np.asarray(img.dataobj, dtype=np.float32).reshape(img.shape[:3]), img.affine
+                    ),
+                    target_affine=grid.affine,
+                    target_shape=grid.mask.shape,
+                    interpolation="linear",
+                    force_resample=True,
+                    copy_header=True,
+                ).get_fdata(dtype=np.float32)
+        except (OSError, ValueError, nib.filebasedimages.ImageFileError) as err:
+            raise BadDataError(f"{participant}: cannot read {path}: {err}") from err
+        rows[participant] = data[grid.mask]
     columns = [f"voxel_{i}" for i in range(int(grid.mask.sum()))]
     return pd.DataFrame.from_dict(rows, orient="index", columns=columns)

@@ -51,8 +51,13 @@ def load_inputs(
     atlas: str | None = None,
     covariates: tuple[str, ...] | None = None,
     site_levels: list[str] | None = None,
+    apply: bool = False,
 ) -> GroupInputs:
-    """Read participants and their tables; the keyword overrides come from a model card."""
+    """Read participants and their tables; the keyword overrides come from a model card.
+
+    With ``apply`` (a shared model is applied) every participant is predicted: treatment,
+    cohort and MADRS columns are optional and only used to report metrics where they exist.
+    """
     feature_kind = feature_kind or settings.features
     atlas = atlas or settings.atlas
     covariates = settings.covariates if covariates is None else covariates
@@ -61,8 +66,20 @@ def load_inputs(
     participants = _select(
         cohorts.read_participants(settings.bids_dir, columns), settings.participant_labels, source
     )
-    roles = cohorts.roles(participants, columns, settings.discovery_cohort, source)
-    outcome = cohorts.response(participants, columns, settings.response_threshold, source)
+    if apply:
+        for column in (columns.treatment, columns.cohort):
+            if column not in participants.columns:
+                participants[column] = pd.NA
+        roles = pd.Series("apply", index=participants.index, name="evaluation")
+        has_outcome = {columns.madrs_pre, columns.madrs_post} <= set(participants.columns)
+        outcome = (
+            cohorts.response(participants, columns, settings.response_threshold, source)
+            if has_outcome
+            else pd.Series(float("nan"), index=participants.index, name="y_true")
+        )
+    else:
+        roles = cohorts.roles(participants, columns, settings.discovery_cohort, source)
+        outcome = cohorts.response(participants, columns, settings.response_threshold, source)
 
     excluded: list[tuple[str, str]] = []
     regions, tissue, maps = {}, {}, {}

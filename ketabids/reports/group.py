@@ -28,6 +28,11 @@ from ketabids.settings import GroupSettings
 
 _TEMPLATE = Path(__file__).with_name("group.html")
 _METRIC_COLUMNS = ("n", "balanced_accuracy", "sensitivity", "specificity", "auc", "ppv", "npv", "p_value")
+_CLASSIFIER_TEXT = {
+    "svm-linear": "linear support vector classifier",
+    "svm-rbf": "support vector classifier with a radial basis function kernel",
+    "logistic": "L2-regularised logistic regression",
+}
 _SET_LABELS = {
     "cv": "discovery, nested CV",
     "external": "external validation (pooled)",
@@ -39,7 +44,7 @@ _SET_LABELS = {
 def _label(name: str) -> str:
     if ":" in name:
         kind, cohort = name.split(":", 1)
-        return f"{_SET_LABELS.get(kind, kind)}: {cohort}"
+        return f"{_SET_LABELS.get(kind, kind).replace(' (pooled)', '')}: {cohort}"
     return _SET_LABELS.get(name, name)
 
 
@@ -191,7 +196,7 @@ def _methods(settings: GroupSettings, result: dict) -> tuple[str, list]:
             "types. The approach follows Bryant et al. [1]."
         )
         return text, [bryant]
-    covariates = ", ".join(card.get("covariates", [])) or "none"
+    covariates = ", ".join(c.upper() if c == "tiv" else c for c in card.get("covariates", [])) or "none"
     features = (
         f"regional grey-matter (GM) volumes of the {card.get('atlas')} atlas divided by total intracranial "
         "volume (TIV)"
@@ -203,7 +208,7 @@ def _methods(settings: GroupSettings, result: dict) -> tuple[str, list]:
         f"{100 * settings.response_threshold:.0f} % 24 h after infusion) was predicted from {features}. "
         f"Covariates ({covariates}) were regressed out of every feature and the features were standardised "
         f"with coefficients estimated on the training folds only, inside a scikit-learn pipeline, before a "
-        f"{card.get('classifier')} classifier with class-balanced weights. The discovery cohort was "
+        f"{_CLASSIFIER_TEXT.get(card.get('classifier'), card.get('classifier'))} with class-balanced weights. The discovery cohort was "
         f"evaluated by {protocol.get('cv_repeats')} repeats of {protocol.get('outer_folds')}-fold stratified "
         f"nested cross-validation; C was chosen from {list(protocol.get('c_grid', []))} by "
         f"{protocol.get('inner_folds')}-fold inner cross-validation maximising balanced accuracy, and "

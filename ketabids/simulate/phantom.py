@@ -155,35 +155,41 @@ def _head_model() -> tuple[np.ndarray, np.ndarray]:
         head[region & (depth < 7)] = FAT
         head[region & (depth < 1.5)] = SKIN
 
-    # face: lower-anterior soft tissue mass with nose, eyes, sinuses and a mandible
-    face = np.sqrt((x / 58) ** 2 + ((y - 48) / 48) ** 2 + ((z + 48) / 52) ** 2)
-    nose = (y > 60) & (y < 102) & (np.abs(x) < (102 - y) * 0.45) & (z > -62) & (z < -18 + (y - 102) * 0.2)
+    # neck (widening into the skull base) and shoulders
+    taper = np.clip((z + 45) / 40, 0, 1)  # 0 below z = -45, 1 at the skull base
+    neck = ellipse(0, -22 + 10 * taper, 50 + 12 * taper, 55 + 10 * taper)
+    body(neck, 50.0, z < -10)
+    widen = np.clip((-150 - z) / 40, 0, 1)
+    shoulders = ellipse(0, -20, 52 + 130 * widen, 58 + 12 * widen)
+    body(shoulders, 58.0, z < -150)
+    # face: soft tissue with a fat layer, a nose, eyes in orbital fat, maxillary sinuses, a mandible
+    face = np.sqrt((x / 60) ** 2 + ((y - 42) / 54) ** 2 + ((z + 40) / 62) ** 2)
+    ridge, base = -10 - 1.2 * (y - 80), -55 + 0.6 * (y - 85)  # nose profile: nasion -> tip -> base
+    nose = (y > 75) & (z <= ridge) & (z >= base) & (np.abs(x) < 14 * np.clip((107 - y) / 27, 0, 1))
     body(np.where(nose, 0.0, face), 30.0, (face <= 1) | nose)
-    mandible = (face > 0.78) & (face <= 0.9) & (z < -70) & (y > 0)
+    mandible = (face > 0.8) & (face <= 0.9) & (z < -72) & (y > -5)
     head[mandible & (d > 6.5)] = BONE
     for sx in (-1, 1):
         eye = np.sqrt((x - 32 * sx) ** 2 + (y - 60) ** 2 + (z + 30) ** 2)
         head[(eye < 17) & (d > 3)] = FAT
         head[(eye < 12) & (d > 3)] = EYE
-        sinus = np.sqrt(((x - 25 * sx) / 12) ** 2 + ((y - 42) / 15) ** 2 + ((z + 55) / 14) ** 2)
+        sinus = np.sqrt(((x - 25 * sx) / 12) ** 2 + ((y - 45) / 15) ** 2 + ((z + 55) / 14) ** 2)
         head[(sinus < 1) & (d > 3)] = 0.0
-    # neck and shoulders
-    neck = ellipse(0, -20, 52, 58)
-    body(neck, 52.0, z < -45)
-    widen = np.clip((-150 - z) / 40, 0, 1)
-    shoulders = ellipse(0, -20, 52 + 130 * widen, 58 + 12 * widen)
-    body(shoulders, 58.0, z < -150)
-    # spine: canal with cord under the brain stem, vertebral bodies in front, airway in front of them
+    tongue = (z < -60) & (z > -85) & (np.abs(x) < 25) & (y > 20) & (y < 55) & (face < 0.85)
+    head[tongue] = MUSCLE
+    # spine under the brain stem: canal with cord, vertebral bodies and discs, airway in front
     below = z < -60
     canal = ellipse(0, -45, 8, 8)
     vertebra = ellipse(0, -24, 13, 11)
+    disc = np.mod(z, 18) < 4
     head[below & (canal < 1.6)] = BONE
-    head[below & (canal < 1.4)] = MARROW
+    head[below & (canal < 1.4) & ~disc] = MARROW
     head[below & (canal < 1)] = CSF
     head[below & (canal < 0.55)] = CORD
     head[below & (vertebra < 1)] = BONE
-    head[below & (vertebra < 0.8)] = MARROW
-    head[(z < -50) & (ellipse(0, 0, 9, 7) < 1)] = 0.0
+    body_of_vertebra = below & (vertebra < 0.8)
+    head[body_of_vertebra] = np.where(disc, MUSCLE, MARROW)[body_of_vertebra]
+    head[(z < -50) & (ellipse(0, 2, 9, 7) < 1)] = 0.0
     return ndimage.gaussian_filter(head, 0.5), affine
 
 

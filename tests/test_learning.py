@@ -138,3 +138,13 @@ def test_permutations_are_reproducible_and_parallel_safe(tmp_path):
         "permutation", "cv_balanced_accuracy", "cv_auc", "held_balanced_accuracy", "held_auc"
     ]  # fmt: skip
     assert serial["cv_balanced_accuracy"].nunique() > 1
+
+
+def test_qc_flags_exclude():
+    import pandas as pd
+
+    from ketabids.learning.gather import qc_failure
+
+    assert qc_failure(pd.Series({"tiv_mm3": 1.5e6, "qc_pass": 1, "qc_flags": float("nan")})) is None
+    assert "qc_pass" in qc_failure(pd.Series({"qc_pass": "false"}))
+    assert "tiv_mm3" in qc_failure(pd.Series({"qc_pass": 1, "qc_flags": "tiv_mm3,gm_fraction"}))

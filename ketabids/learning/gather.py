@@ -92,10 +92,16 @@ def read_tissue_table(path: Path, participant: str) -> pd.Series:
 
 
 def qc_failure(tissue: pd.Series) -> str | None:
-    """Reason for exclusion when the participant level flagged the scan (``qc_pass`` false/0)."""
-    if "qc_pass" not in tissue.index:
-        return None
-    value = str(tissue["qc_pass"]).strip().lower()
-    if value in {"0", "0.0", "false", "no", "fail"}:
-        return "failed participant-level QC (qc_pass = 0)"
+    """Reason for exclusion when the participant level flagged the scan.
+
+    A ``qc_pass`` of 0/false, or a non-empty ``qc_flags`` (names of implausible metrics), excludes.
+    """
+    if "qc_pass" in tissue.index:
+        value = str(tissue["qc_pass"]).strip().lower()
+        if value in {"0", "0.0", "false", "no", "fail"}:
+            return "failed participant-level QC (qc_pass = 0)"
+    if "qc_flags" in tissue.index:
+        flags = str(tissue["qc_flags"]).strip()
+        if flags and flags.lower() not in {"nan", "n/a", "none", "[]"}:
+            return f"failed participant-level QC (implausible: {flags})"
     return None

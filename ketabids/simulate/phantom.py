@@ -394,7 +394,7 @@ def _random_acquisition(
     rng = np.random.default_rng([seed, 2])
     rotation = rng.uniform(-max_rotation_deg, max_rotation_deg, 3) if rotation_deg is None else rotation_deg
     translation = rng.uniform(-10, 10, 3) if translation_mm is None else translation_mm
-    fov_mm = (rng.uniform(184, 212), rng.uniform(224, 256), rng.uniform(200, 256)) if fov is None else fov
+    fov_mm = (rng.uniform(176, 212), rng.uniform(216, 256), rng.uniform(170, 256)) if fov is None else fov
     return _Acquisition(
         rotation_deg=tuple(float(a) for a in rotation),
         translation_mm=tuple(float(a) for a in translation),
@@ -414,7 +414,11 @@ def _random_acquisition(
 def _scanner_grid(
     acq: _Acquisition, pose: np.ndarray, scale: float, voxel_size: Sequence[float]
 ) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape and affine of the scan: FOV placed from the top of the head, grid possibly oblique."""
+    """Shape and affine of the scan: FOV placed from the top of the head, grid possibly oblique.
+
+    The FOV is centred on the head in left-right and anterior-posterior, hangs ``top_margin_mm``
+    above the vertex and is widened where needed so that it always covers the whole brain.
+    """
     grid_rotation = Rotation.from_euler("xyz", np.array(acq.rotation_deg) * acq.grid_tilt, degrees=True)
     g = grid_rotation.as_matrix()
     vertex = g.T @ _apply(pose, np.array([[0.0], [-20.0], [96.0]]) * scale)[:, 0]  # top of scalp, grid frame
@@ -423,6 +427,10 @@ def _scanner_grid(
     top = vertex[2] + acq.top_margin_mm
     lo = np.array([centre[0] - lr / 2, centre[1] - ap / 2, top - si])
     hi = np.array([centre[0] + lr / 2, centre[1] + ap / 2, top])
+    # the whole brain stays inside the field of view (skull, face and neck may be cropped)
+    corners = np.stack(np.meshgrid(*zip(BRAIN_BOX[0] - 8, BRAIN_BOX[1] + 8, strict=True), indexing="ij"))
+    brain = g.T @ _apply(pose, corners.reshape(3, -1) * scale)
+    lo, hi = np.minimum(lo, brain.min(axis=1)), np.maximum(hi, brain.max(axis=1))
     shape, columns, q0 = [], [], np.zeros(3)
     for a, letter in enumerate(acq.orientation):
         axis, sign = _AXIS[letter]

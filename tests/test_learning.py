@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
 from ketabids.learning import engine, permutation, preprocessing
+from ketabids.learning.gather import qc_failure
 from ketabids.learning.inputs import load_inputs
 from ketabids.learning.metrics import auc, balanced_accuracy, binary_metrics, permutation_p_value
 from ketabids.learning.model import CovariateResidualizer, build_pipeline, platt_apply, platt_fit
@@ -141,10 +143,6 @@ def test_permutations_are_reproducible_and_parallel_safe(tmp_path):
 
 
 def test_qc_flags_exclude():
-    import pandas as pd
-
-    from ketabids.learning.gather import qc_failure
-
     assert qc_failure(pd.Series({"tiv_mm3": 1.5e6, "qc_pass": 1, "qc_flags": float("nan")})) is None
     assert "qc_pass" in qc_failure(pd.Series({"qc_pass": "false"}))
     assert "tiv_mm3" in qc_failure(pd.Series({"qc_pass": 1, "qc_flags": "tiv_mm3,gm_fraction"}))

@@ -11,8 +11,8 @@ Frames (all in mm):
 
 The anatomy depends only on ``anatomy_seed``, ``regional_change`` and ``head_scale``; the pose,
 field of view, contrast, bias field and noise only on ``acquisition_seed``. The truth maps live on a
-grid aligned with the anatomy (spacing = the smallest voxel size) whose affine carries the pose, so
-they overlay the T1w in world space and are identical between rescans up to that affine.
+grid aligned with the anatomy (spacing = the smallest voxel size, at most 2 mm) whose affine carries
+the pose, so they overlay the T1w in world space and are identical between rescans up to that affine.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ MAX_TRUTH_SPACING = 2.0  # mm, coarsest anatomy grid (finer when the voxels are 
 ORIENTATIONS = ("LAS", "RAS", "PIR", "LPS")  # storage orientations of the scanner grid
 _AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
-# T1w (MPRAGE-like) intensities relative to white matter
+# T1w (MPRAGE-like) intensities relative to white matter; GM and CSF vary +-0.05-0.08 between scans
 WM, GM, CSF = 1.0, 0.63, 0.22
 BONE, MARROW, MUSCLE, FAT, SKIN, EYE, CORD = 0.08, 0.55, 0.45, 1.15, 0.55, 0.15, 0.85
 
@@ -260,18 +260,6 @@ def _atlas_arrays(atlas: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     return np.asarray(a.image.dataobj).astype(np.int16), a.image.affine, a.gm_labels
 
 
-@lru_cache(maxsize=8)
-def _template_regional_gm(atlas: str, spacing: float) -> np.ndarray:
-    """GM volume (mm3) per label index of the undeformed template, sampled at ``spacing``."""
-    gm, _, _, t_affine = _tissue_maps(spacing)
-    labels, l_affine, _ = _atlas_arrays(atlas)
-    shape, affine = _box_grid(*BRAIN_BOX, spacing)
-    points = _grid_points(shape, affine)
-    lab = _sample(labels, l_affine, points, order=0)
-    values = _sample(gm, t_affine, points)
-    return np.bincount(lab.clip(0), weights=values, minlength=labels.max() + 1) * spacing**3
-
-
 def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
     """Displacement ``u = grad(psi)`` with ``div u = source`` (spectral Poisson solve, zero-padded)."""
     pad = [fft.next_fast_len(n + 8, real=True) for n in source.shape]
@@ -402,10 +390,7 @@ def _random_acquisition(
         top_margin_mm=float(rng.uniform(5, 30)),
         grid_tilt=float(rng.choice([0.0, rng.uniform(0.3, 1.0)])),
         orientation=str(rng.choice(ORIENTATIONS)),
-        contrast=(
-            float(rng.uniform(0.58, 0.68)),
-            float(rng.uniform(0.15, 0.3)),
-        ),
+        contrast=(float(rng.uniform(GM - 0.05, GM + 0.05)), float(rng.uniform(CSF - 0.07, CSF + 0.08))),
         gain=float(rng.uniform(600, 1400)),
         bias_coefficients=rng.normal(size=(3, 3, 3)),
     )

@@ -127,3 +127,15 @@ def test_command_line_writes_tables_and_refuses_bad_sessions(tmp_path, capsys):
     with pytest.raises(SystemExit) as help_exit:
         main(["--help"])
     assert help_exit.value.code == 0
+
+
+def test_bad_participant_labels_are_refused_before_writing(tmp_path, design):
+    bad = type(design)(
+        participants=design.participants.assign(participant_id=["sub-1", "sub-../x"]),
+        regional_change=design.regional_change,
+        head_scale=design.head_scale,
+        atlas=design.atlas,
+    )
+    with pytest.raises(ValueError, match="is not 'sub-<alphanumeric label>'"):
+        write_bids_dataset(tmp_path / "bids", bad, voxel_size=4.0)
+    assert not (tmp_path / "bids").exists()

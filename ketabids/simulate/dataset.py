@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -135,6 +136,9 @@ def write_bids_dataset(
     bids_dir = Path(bids_dir)
     if design is None:
         design = simulate_cohort(n_discovery=n_subjects, n_external=(), n_saline=0, seed=seed)
+    for pid in design.participants["participant_id"]:
+        if not re.fullmatch(r"sub-[0-9a-zA-Z]+", str(pid)):
+            raise ValueError(f"participant_id '{pid}' is not 'sub-<alphanumeric label>'")
     for label in sessions:
         if not str(label).isalnum():
             raise ValueError(f"session label '{label}' must be alphanumeric")

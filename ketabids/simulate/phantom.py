@@ -545,7 +545,10 @@ def _subject_truth(
     y_in = y[:, inside]
     gm, wm, icv = (np.zeros(shape, dtype=np.float32) for _ in range(3))
     labels = np.zeros(shape, dtype=np.int16)
-    for out, volume, order in ((gm, gm_t, 1), (wm, wm_t, 1), (icv, icv_t, 1), (labels, labels_arr, 0)):
+    icv.reshape(-1)[inside] = _sample(icv_t, t_affine, y_in)
+    inside[inside] = icv.reshape(-1)[inside] > 0  # GM and WM live inside the ICV
+    y_in = y[:, inside]
+    for out, volume, order in ((gm, gm_t, 1), (wm, wm_t, 1), (labels, labels_arr, 0)):
         out.reshape(-1)[inside] = _sample(volume, t_affine if order else l_affine, y_in, order=order)
     csf = np.clip(icv - gm - wm, 0, None)
     voxel_mm3 = spacing**3

@@ -1,0 +1,1 @@
+"""Thin Nipype ``SimpleInterface`` shells over the pure functions of ``ketabids.processing``."""

@@ -1,0 +1,1 @@
+"""Pure image-processing functions (antspyx/nibabel/numpy) that the Nipype interfaces wrap."""

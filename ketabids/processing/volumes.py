@@ -1,0 +1,47 @@
+"""Regional and tissue tables of one participant, from the files of the workflow."""
+
+from __future__ import annotations
+
+import os
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from ketabids import morphometry
+from ketabids.data.atlases import load_atlas
+from ketabids.data.templates import load_template
+
+
+def _load(path: str | os.PathLike) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj, dtype=np.float32)
+
+
+def measure(
+    *,
+    t1w: str | os.PathLike,
+    mask: str | os.PathLike,
+    gm: str | os.PathLike,
+    wm: str | os.PathLike,
+    csf: str | os.PathLike,
+    atlas_labels: str | os.PathLike,
+    atlas: str,
+    t1w_in_template: str | os.PathLike,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Regional GM table (one row per atlas label) and the one-row tissue + QC table."""
+    voxel = morphometry.voxel_volume(nib.load(str(gm)).affine)
+    gm_data, wm_data, csf_data, mask_data = _load(gm), _load(wm), _load(csf), _load(mask) > 0
+    labels = np.rint(_load(atlas_labels)).astype(np.int64)
+    regional = morphometry.regional_gm_volumes(gm_data, labels, load_atlas(atlas).labels, voxel)
+    tissue = morphometry.tissue_volumes(gm_data, wm_data, csf_data, mask_data, voxel)
+    template = load_template()
+    qc = {
+        "brain_volume_mm3": float(mask_data.sum() * voxel),
+        **morphometry.contrast_metrics(_load(t1w), gm_data, wm_data),
+        "registration_correlation": morphometry.similarity(
+            _load(t1w_in_template), template.t1w.get_fdata(dtype=np.float32), template.mask.get_fdata() > 0
+        ),
+    }
+    flagged = morphometry.qc_flags({**tissue, **qc})
+    row = {**tissue, **qc, "qc_flag": int(bool(flagged)), "qc_reasons": ";".join(flagged) or None}
+    return regional, pd.DataFrame([row])

@@ -1,0 +1,1 @@
+"""Nipype workflows: ``init_*_wf`` factories with ``inputnode``/``outputnode``."""

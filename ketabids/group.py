@@ -232,7 +232,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         for row in metrics_table.index:
             name = metrics_table.loc[row, "evaluation"]
             for stat, column in (("balanced_accuracy", "p_value"), ("auc", "auc_p_value")):
-                key = f"{'cv' if name == 'cv' else name}_{stat}"
+                key = f"{name}_{stat}"
                 if key in null and stat in metrics_table.columns:
                     metrics_table.loc[row, column] = permutation_p_value(
                         metrics_table.loc[row, stat], null[key].to_numpy()

@@ -64,7 +64,7 @@ def build_workflow(settings: ParticipantSettings, inputs: Sequence[T1wInput]):
     from ketabids.workflows.participant import init_participant_wf
 
     wf = pe.Workflow(name="ketabids_participant_wf", base_dir=str(settings.work_dir))
-    threads = max(1, min(settings.omp_nthreads, settings.nprocs))
+    threads = max(1, settings.omp_nthreads)
     wf.add_nodes([
         init_participant_wf(
             t1w_file=item.path,

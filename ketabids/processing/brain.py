@@ -55,7 +55,7 @@ def deepbet_mask(in_file: str | os.PathLike, out_file: str | os.PathLike, thresh
 
 def robust_fov(data: np.ndarray, zooms: tuple[float, ...], height_mm: float = FOV_HEIGHT_MM) -> slice:
     """Slice along the last (inferior-superior, RAS) axis keeping ``height_mm`` below the vertex."""
-    profile = (data > np.percentile(data[data > 0], 40) if np.any(data > 0) else data > 0).sum(axis=(0, 1))
+    profile = (data > 0.1 * np.percentile(data, 99)).sum(axis=(0, 1))
     rows = np.flatnonzero(profile > 0.02 * profile.max())
     top = int(rows.max()) + 1 if rows.size else data.shape[2]
     bottom = max(0, top - round(height_mm / zooms[2]))

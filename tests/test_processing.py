@@ -1,0 +1,113 @@
+"""Pure image functions of ketabids.processing on small hand-made images."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from ketabids.processing import anat, brain, registration, segmentation
+
+
+def _img(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
+    return nib.Nifti1Image(data, affine)
+
+
+def test_reorient_to_ras_flips_axes_and_keeps_world_space(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    affine = np.diag([-2.0, 2.0, 3.0, 1.0])  # LAS storage
+    affine[:3, 3] = [10, -20, 5]
+    src = tmp_path / "in.nii.gz"
+    _img(data, affine).to_filename(src)
+    out = nib.load(anat.reorient_to_ras(src, tmp_path / "ras.nii.gz"))
+    assert nib.aff2axcodes(out.affine) == ("R", "A", "S")
+    assert out.get_data_dtype() == np.float32
+    np.testing.assert_array_equal(out.get_fdata(), data[::-1].astype(np.float32))
+    # the same voxel sits at the same world position
+    world = affine @ [0, 1, 2, 1]
+    ijk = np.linalg.inv(out.affine) @ world
+    assert out.get_fdata()[tuple(np.rint(ijk[:3]).astype(int))] == data[0, 1, 2]
+    back = anat.restore_orientation(out, nib.load(src))
+    np.testing.assert_allclose(back.affine, affine)
+    np.testing.assert_array_equal(back.get_fdata(), data)
+
+
+def test_reorient_drops_singleton_4th_dim_and_rejects_4d_and_2d(tmp_path):
+    good = tmp_path / "single.nii.gz"
+    _img(np.ones((4, 4, 4, 1), np.float32), np.eye(4)).to_filename(good)
+    assert nib.load(anat.reorient_to_ras(good, tmp_path / "o.nii.gz")).shape == (4, 4, 4)
+    for shape in [(4, 4, 4, 2), (4, 4, 1)]:
+        bad = tmp_path / "bad.nii.gz"
+        _img(np.ones(shape, np.float32), np.eye(4)).to_filename(bad)
+        with pytest.raises(ValueError, match="not a 3D volume"):
+            anat.reorient_to_ras(bad, tmp_path / "o.nii.gz")
+
+
+def test_n4_removes_a_smooth_multiplicative_field(tmp_path):
+    shape = (40, 40, 40)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    ball = (x**2 + y**2 + z**2) < 0.8
+    truth = np.where(ball, np.where(x > 0, 100.0, 60.0), 0.0)  # two "tissues"
+    field = 1 + 0.3 * (y + 0.5 * z)
+    src, mask = tmp_path / "biased.nii.gz", tmp_path / "mask.nii.gz"
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    _img((truth * field).astype(np.float32), affine).to_filename(src)
+    _img(ball.astype(np.uint8), affine).to_filename(mask)
+    out = nib.load(anat.n4_correct(src, tmp_path / "n4.nii.gz", mask)).get_fdata()
+    bright = ball & (x > 0.1)
+    cv_before = (truth * field)[bright].std() / (truth * field)[bright].mean()
+    cv_after = out[bright].std() / out[bright].mean()
+    assert cv_after < 0.5 * cv_before
+    assert np.percentile(out[ball], 99.5) == pytest.approx(1000, rel=0.01)
+
+
+def test_largest_component_and_apply_mask(tmp_path):
+    mask = np.zeros((6, 6, 6), bool)
+    mask[0:2, 0:2, 0:2] = True  # 8 voxels
+    mask[3:6, 3:6, 3:6] = True  # 27 voxels
+    kept = brain.largest_component(mask)
+    assert kept.sum() == 27 and kept[4, 4, 4] and not kept[0, 0, 0]
+    img, m = tmp_path / "i.nii.gz", tmp_path / "m.nii.gz"
+    _img(np.full((6, 6, 6), 5.0, np.float32), np.eye(4)).to_filename(img)
+    _img(kept.astype(np.uint8), np.eye(4)).to_filename(m)
+    out = nib.load(brain.apply_mask(img, m, tmp_path / "o.nii.gz")).get_fdata()
+    assert out.sum() == 27 * 5.0
+
+
+def test_robust_fov_keeps_height_below_the_vertex():
+    data = np.zeros((10, 10, 100), np.float32)
+    data[2:8, 2:8, 5:90] = 100.0  # head + neck from slice 5 to 89
+    keep = brain.robust_fov(data, (2.0, 2.0, 2.0), height_mm=60.0)
+    assert (keep.start, keep.stop) == (60, 90)
+
+
+def test_hard_segmentation_takes_most_probable_tissue_inside_mask():
+    probs = np.array([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.5, 0.3], [0.9, 0.1, 0.0]]])
+    mask = np.array([[1, 1, 1, 0]])
+    assert segmentation.hard_segmentation(probs, mask).tolist() == [[1, 3, 2, 0]]
+
+
+def test_registration_args_seed_composite_and_syn_levels(tmp_path):
+    args = registration.registration_args(
+        tmp_path / "f.nii.gz",
+        tmp_path / "m.nii.gz",
+        tmp_path / "fm.nii.gz",
+        "p_",
+        seed=7,
+        syn_iterations="50x20",
+    )
+    assert args[args.index("--random-seed") + 1] == "7"
+    assert args[args.index("--write-composite-transform") + 1] == "1"
+    transforms = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
+    assert transforms == ["Rigid[0.1]", "Affine[0.1]", "SyN[0.2,3,0]"]
+    last = len(args) - 1 - args[::-1].index("-f")
+    assert args[last + 1] == "2x1"
+
+
+def test_template_fixed_image_is_cropped_and_resampled(tmp_path):
+    image, mask = registration.template_fixed_image(4.0, tmp_path)
+    img, m = nib.load(image), nib.load(mask)
+    assert np.allclose(img.header.get_zooms()[:3], 4.0)
+    assert img.shape == m.shape and max(img.shape) < 60  # cropped to the brain (~190 mm / 4 mm + margin)
+    volume = (m.get_fdata() > 0.5).sum() * 64
+    assert 1.5e6 < volume < 2.3e6  # the template's intracranial volume, about 1.9 L

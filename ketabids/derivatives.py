@@ -18,7 +18,7 @@ DSEG_LABELS: dict[int, str] = {1: "GM", 2: "WM", 3: "CSF"}
 # Entities kept from the source T1w name, then the ones derivatives add, in the BIDS order.
 SOURCE_ENTITIES = ("sub", "ses", "acq", "ce", "rec", "run")
 ENTITY_ORDER = (*SOURCE_ENTITIES, "from", "to", "mode", "space", "seg", "label", "desc")
-BIDSIGNORE_LINES = ("*_morph.tsv", "*.html", "group/", "logs/", "figures/")
+BIDSIGNORE_LINES = ("*_morph.tsv", "*_xfm.h5", "*.html", "group/", "logs/", "figures/")
 
 
 def parse_entities(path: str | os.PathLike) -> dict[str, str]:

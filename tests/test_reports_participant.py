@@ -248,7 +248,9 @@ def test_qc_flag_shows_when_qc_says_so(
 
 
 def test_qc_table_explains_and_marks_implausible_values() -> None:
-    rows = {row["key"]: row for row in qc_table({"cjv": 1.7, "snr_wm": 30.0, "custom": float("nan")})}
+    qc = {"cjv": 1.7, "snr_wm": 30.0, "custom": float("nan"), "qc_flag": 0, "qc_reasons": float("nan")}
+    rows = {row["key"]: row for row in qc_table(qc)}
+    assert set(rows) == {"cjv", "snr_wm", "custom"}, "the verdict and its reasons are not metrics"
     assert rows["cjv"]["implausible"] and not rows["snr_wm"]["implausible"] and rows["custom"]["implausible"]
     assert "joint variation" in rows["cjv"]["label"] and rows["cjv"]["explanation"]
     assert qc_flag({"cjv": 0.3}) is None

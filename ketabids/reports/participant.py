@@ -331,6 +331,8 @@ def qc_table(qc: Mapping[str, float | bool | str]) -> list[dict[str, object]]:
     for key, value in qc.items():
         if isinstance(value, bool | np.bool_) or not isinstance(value, int | float | np.number):
             continue
+        if _FLAG_KEY.search(key) or _PASS_KEY.search(key) or re.search("reason", key, re.IGNORECASE):
+            continue  # the verdict and its reasons, not metrics
         number = float(value)
         metric = next((m for m in QC_METRICS if re.search(m.pattern, key, re.IGNORECASE)), None)
         rows.append(

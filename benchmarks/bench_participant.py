@@ -25,8 +25,8 @@ from nibabel.processing import resample_from_to
 
 SUBJECTS = {  # label: (anatomy_seed, acquisition_seed, regional loss?)
     "A": (1, 11, False),
-    "Arescan": (1, 12, False),
     "Aloss": (1, 13, True),
+    "Arescan": (1, 12, False),
     "B": (2, 21, False),
     "C": (3, 31, False),
 }

@@ -17,7 +17,7 @@ from ketabids.errors import BadDataError
 from ketabids.participant import ParticipantFailure, run_participant_level
 from ketabids.settings import ParticipantSettings
 
-VOXEL_MM = 3.0
+VOXEL_MM = 4.0
 
 
 def _input(bids: Path, label: str) -> T1wInput:

@@ -18,7 +18,7 @@ class _RegisterInputSpec(BaseInterfaceInputSpec):
 class _RegisterOutputSpec(TraitedSpec):
     forward = File(exists=True, desc="composite HDF5 transform T1w -> template")
     inverse = File(exists=True, desc="composite HDF5 transform template -> T1w")
-    warped = File(exists=True, desc="T1w resampled onto the 1 mm template grid")
+    warped = File(exists=True, desc="T1w resampled onto the 1.5 mm template grid")
 
 
 class RegisterToTemplate(SimpleInterface):

@@ -79,7 +79,7 @@ def n4_correct(
         mask=small_mask,
         shrink_factor=1,
         spline_param=N4_SPLINE_DISTANCE_MM,
-        convergence={"iters": [50, 50, 30], "tol": 1e-6},
+        convergence={"iters": [40, 30], "tol": 1e-5},
         return_bias_field=True,
     )
     field = ants.resample_image_to_target(log_field, img, interp_type="linear").numpy()

@@ -20,7 +20,8 @@ from ketabids.data.templates import load_template
 
 CROP_MARGIN_MM = 8.0
 MIN_TEMPLATE_SPACING_MM = 2.0
-SYN_ITERATIONS = "100x70x30"
+SYN_ITERATIONS = "100x50x20"
+OUTPUT_SPACING_MM = 1.5  # grid of the template-space outputs (full MNI field of view)
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ def _template_fixed(spacing: float) -> tuple[nib.Nifti1Image, nib.Nifti1Image]:
             img = ants.resample_image(img, [spacing] * 3, False, interp)
         out.append(ants.to_nibabel_nifti(img))
     return out[0], out[1]
+
+
+def template_output_grid(folder: str | os.PathLike, spacing: float = OUTPUT_SPACING_MM) -> Path:
+    """Write the template T1w resampled to ``spacing`` mm: the grid of the template-space outputs."""
+    import ants
+
+    path = Path(folder) / f"template_t1w_{spacing:g}mm.nii.gz"
+    if not path.is_file():
+        template = ants.from_nibabel_nifti(load_template().t1w)
+        ants.image_write(ants.resample_image(template, [spacing] * 3, False, 0), str(path))
+    return path
 
 
 def _stage(metric: str, transform: str, iterations: str, shrink: str, smooth: str) -> list[str]:
@@ -121,7 +133,7 @@ def register_to_template(
     if status != 0:
         raise RuntimeError(f"antsRegistration failed with status {status}")
     forward, inverse = Path(prefix + "Composite.h5"), Path(prefix + "InverseComposite.h5")
-    template = ants.from_nibabel_nifti(load_template().t1w)
+    template = ants.image_read(str(template_output_grid(out_dir)))
     moving = ants.image_read(str(moving_file))
     warped = ants.apply_transforms(template, moving, [str(forward)], interpolator="linear")
     warped_path = out_dir / "t1w_in_template.nii.gz"

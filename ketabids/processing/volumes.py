@@ -7,6 +7,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pandas as pd
+from nibabel.processing import resample_from_to
 
 from ketabids import morphometry
 from ketabids.data.atlases import load_atlas
@@ -34,12 +35,15 @@ def measure(
     labels = np.rint(_load(atlas_labels)).astype(np.int64)
     regional = morphometry.regional_gm_volumes(gm_data, labels, load_atlas(atlas).labels, voxel)
     tissue = morphometry.tissue_volumes(gm_data, wm_data, csf_data, mask_data, voxel)
+    warped = nib.load(str(t1w_in_template))
     template = load_template()
+    template_t1w = resample_from_to(template.t1w, warped, order=1).get_fdata(dtype=np.float32)
+    template_mask = resample_from_to(template.mask, warped, order=0).get_fdata() > 0
     qc = {
         "brain_volume_mm3": float(mask_data.sum() * voxel),
         **morphometry.contrast_metrics(_load(t1w), gm_data, wm_data),
         "registration_correlation": morphometry.similarity(
-            _load(t1w_in_template), template.t1w.get_fdata(dtype=np.float32), template.mask.get_fdata() > 0
+            warped.get_fdata(dtype=np.float32), template_t1w, template_mask
         ),
     }
     flagged = morphometry.qc_flags({**tissue, **qc})

@@ -82,4 +82,4 @@ def test_write_tables_recovers_regional_change(tmp_path):
     assert np.median(np.abs(measured - truth)) < 0.03
     assert tissue.loc[0, "tiv_mm3"] == pytest.approx(template_volumes(design.atlas).tiv * scale, rel=0.04)
     flagged = pd.read_csv(tmp_path / "out" / "sub-002" / "anat" / "sub-002_desc-tissue_morph.tsv", sep="\t")
-    assert flagged.loc[0, "qc_pass"] == 0 and tissue.loc[0, "qc_pass"] == 1
+    assert flagged.loc[0, "qc_flag"] == 1 and tissue.loc[0, "qc_flag"] == 0

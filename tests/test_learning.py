@@ -142,7 +142,8 @@ def test_permutations_are_reproducible_and_parallel_safe(tmp_path):
     assert serial["cv_balanced_accuracy"].nunique() > 1
 
 
-def test_qc_flags_exclude():
-    assert qc_failure(pd.Series({"tiv_mm3": 1.5e6, "qc_pass": 1, "qc_flags": float("nan")})) is None
-    assert "qc_pass" in qc_failure(pd.Series({"qc_pass": "false"}))
-    assert "tiv_mm3" in qc_failure(pd.Series({"qc_pass": 1, "qc_flags": "tiv_mm3,gm_fraction"}))
+def test_qc_flag_excludes():
+    assert qc_failure(pd.Series({"tiv_mm3": 1.5e6, "qc_flag": 0, "qc_reasons": float("nan")})) is None
+    assert qc_failure(pd.Series({"tiv_mm3": 1.5e6})) is None
+    reason = qc_failure(pd.Series({"qc_flag": 1, "qc_reasons": "tiv_mm3;gm_fraction"}))
+    assert "qc_flag" in reason and "tiv_mm3;gm_fraction" in reason

@@ -92,16 +92,13 @@ def read_tissue_table(path: Path, participant: str) -> pd.Series:
 
 
 def qc_failure(tissue: pd.Series) -> str | None:
-    """Reason for exclusion when the participant level flagged the scan.
+    """Reason for exclusion when the participant level flagged the scan (``qc_flag`` = 1).
 
-    A ``qc_pass`` of 0/false, or a non-empty ``qc_flags`` (names of implausible metrics), excludes.
+    ``qc_reasons`` (names of the implausible metrics, ``;``-separated) is quoted in the reason.
     """
-    if "qc_pass" in tissue.index:
-        value = str(tissue["qc_pass"]).strip().lower()
-        if value in {"0", "0.0", "false", "no", "fail"}:
-            return "failed participant-level QC (qc_pass = 0)"
-    if "qc_flags" in tissue.index:
-        flags = str(tissue["qc_flags"]).strip()
-        if flags and flags.lower() not in {"nan", "n/a", "none", "[]"}:
-            return f"failed participant-level QC (implausible: {flags})"
-    return None
+    flag = pd.to_numeric(pd.Series([tissue.get("qc_flag", 0)]), errors="coerce").iloc[0]
+    if not flag or pd.isna(flag):
+        return None
+    reasons = tissue.get("qc_reasons")
+    detail = f": {reasons}" if isinstance(reasons, str) and reasons.strip() else ""
+    return f"flagged by participant-level QC (qc_flag = 1){detail}"

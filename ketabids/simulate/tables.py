@@ -83,7 +83,7 @@ def write_tables(
 ) -> None:
     """Write ``participants.tsv`` into ``bids_dir`` and the morphometry tables into ``output_dir``.
 
-    ``qc_fail`` names participants whose tissue table is flagged ``qc_pass = 0``.
+    ``qc_fail`` names participants whose tissue table is flagged by QC (``qc_flag = 1``).
     """
     bids_dir, output_dir = Path(bids_dir), Path(output_dir)
     bids_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,8 @@ def write_tables(
                 "wm_volume_mm3": [round(wm_total, 1)],
                 "csf_volume_mm3": [round(tiv - gm_total - wm_total, 1)],
                 "qc_gm_wm_cnr": [round(float(rng.normal(3.0, 0.3)), 3)],
-                "qc_pass": [0 if participant in qc_fail else 1],
+                "qc_flag": [int(participant in qc_fail)],
+                "qc_reasons": ["gm_wm_cnr" if participant in qc_fail else None],
             }
         )
         source = f"{participant}_T1w.nii.gz"

@@ -73,7 +73,7 @@ def apply_mask(in_file: str | os.PathLike, mask_file: str | os.PathLike, out_fil
 
 def template_mask(in_file: str | os.PathLike, out_file: str | os.PathLike, *, seed: int = 0) -> Path:
     """Classical brain mask for whole-head images (no CNN): robust-FOV crop, affine to the template
-    brain, the template mask brought back, then refined by the image's own intensities."""
+    brain, the template mask brought back, and voxels as dark as air or bone removed."""
     from ketabids.processing.registration import affine_to_template
 
     img = nib.load(str(in_file))
@@ -84,12 +84,9 @@ def template_mask(in_file: str | os.PathLike, out_file: str | os.PathLike, *, se
     crop_path = Path(out_file).with_name("fov_cropped.nii.gz")
     nib.Nifti1Image(cropped, img.affine).to_filename(str(crop_path))
     prior = affine_to_template(crop_path, Path(out_file).parent, seed=seed) >= 0.5
-    zooms = img.header.get_zooms()[:3]
-    near = ndimage.binary_dilation(prior, iterations=max(1, round(4 / min(zooms))))
-    core = ndimage.binary_erosion(prior, iterations=max(1, round(6 / min(zooms))))
+    core = ndimage.binary_erosion(prior, iterations=max(1, round(6 / min(img.header.get_zooms()[:3]))))
     inside = cropped[core]
-    threshold = 0.5 * np.percentile(inside, 25) if inside.size else 0
-    mask = near & (cropped > threshold)
-    mask = ndimage.binary_opening(mask, iterations=1) | core
+    threshold = 0.1 * np.median(inside) if inside.size else 0.0  # drops only air and bone
+    mask = (prior & (cropped > threshold)) | core
     mask = ndimage.binary_fill_holes(largest_component(mask))
     return _save_mask(mask, img.affine, out_file)

@@ -231,7 +231,7 @@ def affine_to_template(
     args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(seed)]
     args += _stage(mi, "Rigid[0.1]", "500x250x100", "8x4x2", "4x2x1vox")
     args += _stage(mi, "Affine[0.1]", "500x250x100", "8x4x2", "4x2x1vox")
-    args += ["-o", f"[{prefix}]", "-z", "0", "-v", "0"]
+    args += ["-o", f"[{prefix}]", "-z", "1", "-v", "0"]
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
         raise RuntimeError(f"antsRegistration (affine) failed with status {status}")

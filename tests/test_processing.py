@@ -111,3 +111,18 @@ def test_template_fixed_image_is_cropped_and_resampled(tmp_path):
     assert img.shape == m.shape and max(img.shape) < 60  # cropped to the brain (~190 mm / 4 mm + margin)
     volume = (m.get_fdata() > 0.5).sum() * 64
     assert 1.5e6 < volume < 2.3e6  # the template's intracranial volume, about 1.9 L
+
+
+def test_bounding_box_and_crop_keep_world_positions():
+    mask = np.zeros((10, 12, 14), bool)
+    mask[3:5, 4:9, 6] = True
+    box = anat.bounding_box(mask, margin=2)
+    assert box == (slice(1, 7), slice(2, 11), slice(4, 9))
+    assert anat.bounding_box(np.zeros((3, 4, 5), bool)) == (slice(0, 3), slice(0, 4), slice(0, 5))
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = [-10, 5, 7]
+    data = np.arange(mask.size, dtype=np.float32).reshape(mask.shape)
+    cropped = anat.crop(nib.Nifti1Image(data, affine), box)
+    assert cropped.shape == (6, 9, 5)
+    np.testing.assert_allclose(cropped.affine @ [0, 0, 0, 1], affine @ [1, 2, 4, 1])
+    assert cropped.get_fdata()[0, 0, 0] == data[1, 2, 4]

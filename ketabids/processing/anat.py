@@ -92,3 +92,18 @@ def n4_correct(
     )
     out.to_filename(str(out_file))
     return Path(out_file)
+
+
+def bounding_box(mask: np.ndarray, margin: int = 2) -> tuple[slice, slice, slice]:
+    """Slices of the smallest box holding ``mask``, grown by ``margin`` voxels (whole image if empty)."""
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)
+    idx = np.argwhere(mask)
+    lo = np.maximum(idx.min(axis=0) - margin, 0)
+    hi = np.minimum(idx.max(axis=0) + margin + 1, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
+
+
+def crop(img: nib.Nifti1Image, box: tuple[slice, slice, slice]) -> nib.Nifti1Image:
+    """Sub-volume of ``img`` with its affine moved so every voxel keeps its world position."""
+    return img.slicer[box]

@@ -17,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ketabids.data.templates import load_template
+from ketabids.processing.anat import bounding_box, crop
 
 CROP_MARGIN_MM = 8.0
 MIN_TEMPLATE_SPACING_MM = 2.0
@@ -121,14 +122,15 @@ def register_to_template(
     from ants.internal import get_lib_fn
 
     out_dir = Path(out_dir)
+    brain = nib.load(str(moving_file))
+    cropped = out_dir / "moving_cropped.nii.gz"  # same world space, far fewer voxels to smooth
+    crop(brain, bounding_box(np.asanyarray(brain.dataobj) > 0, margin=4)).to_filename(str(cropped))
     if template_spacing is None:
-        zooms = nib.load(str(moving_file)).header.get_zooms()[:3]
+        zooms = brain.header.get_zooms()[:3]
         template_spacing = max(MIN_TEMPLATE_SPACING_MM, round(float(min(zooms)), 1))
     fixed, fixed_mask = template_fixed_image(template_spacing, out_dir)
     prefix = str(out_dir / "reg_")
-    args = registration_args(
-        fixed, Path(moving_file), fixed_mask, prefix, seed=seed, syn_iterations=syn_iterations
-    )
+    args = registration_args(fixed, cropped, fixed_mask, prefix, seed=seed, syn_iterations=syn_iterations)
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
         raise RuntimeError(f"antsRegistration failed with status {status}")

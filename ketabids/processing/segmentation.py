@@ -9,6 +9,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ketabids.processing.anat import bounding_box, crop
+
 TISSUES = ("GM", "WM", "CSF")
 PRIOR_WEIGHT = 0.25
 MRF = "[0.1,1x1x1]"
@@ -43,20 +45,26 @@ def segment_tissues(
     import ants
 
     out_dir = Path(out_dir)
-    t1w = ants.image_read(str(t1w_file))
-    mask = ants.image_read(str(mask_file))
-    mask = mask.new_image_like((mask.numpy() > 0).astype(np.float32))
-    priors = [ants.image_read(str(p)) for p in prior_files]
-    inside = mask.numpy() > 0
-    stacked = np.stack([p.numpy() for p in priors], axis=-1).clip(0, None)
+    t1w_img = nib.load(str(t1w_file))
+    inside_full = np.asanyarray(nib.load(str(mask_file)).dataobj) > 0
+    box = bounding_box(inside_full, margin=2)  # Atropos on the brain's box only: same result, less work
+    t1w = ants.from_nibabel_nifti(
+        crop(nib.Nifti1Image(t1w_img.get_fdata(dtype=np.float32), t1w_img.affine), box)
+    )
+    inside = inside_full[box]
+    mask = t1w.new_image_like(inside.astype(np.float32))
+    stacked = np.stack([nib.load(str(p)).get_fdata(dtype=np.float32)[box] for p in prior_files], axis=-1)
+    stacked = stacked.clip(0, None)
     stacked[inside] += 1e-3  # every tissue stays possible inside the mask
     stacked /= np.maximum(stacked.sum(axis=-1, keepdims=True), 1e-6)
     priors = [mask.new_image_like((stacked[..., k] * inside).astype(np.float32)) for k in range(3)]
     result = ants.atropos(a=t1w, x=mask, i=priors, m=MRF, c=ITERATIONS, priorweight=prior_weight, verbose=0)
-    posteriors = np.stack([p.numpy() for p in result["probabilityimages"]], axis=-1)
-    posteriors = np.where(inside[..., None], posteriors, 0)
-    total = posteriors.sum(axis=-1, keepdims=True)
-    posteriors = np.where(total > 0, posteriors / np.maximum(total, 1e-6), 0).astype(np.float32)
+    cropped = np.stack([p.numpy() for p in result["probabilityimages"]], axis=-1)
+    cropped = np.where(inside[..., None], cropped, 0)
+    total = cropped.sum(axis=-1, keepdims=True)
+    posteriors = np.zeros((*inside_full.shape, 3), np.float32)
+    posteriors[box] = np.where(total > 0, cropped / np.maximum(total, 1e-6), 0)
+    inside = inside_full
     affine = nib.load(str(t1w_file)).affine
     paths = []
     for k, tissue in enumerate(TISSUES):

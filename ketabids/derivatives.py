@@ -158,3 +158,15 @@ def write_dseg_tsv(output_dir: str | os.PathLike) -> Path:
     """Write ``dseg.tsv``: the labels of the hard segmentation."""
     table = pd.DataFrame({"index": list(DSEG_LABELS), "name": list(DSEG_LABELS.values())})
     return write_tsv_atomic(table, Path(output_dir) / "dseg.tsv")
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """The JSON sidecar of a NIfTI/TSV derivative (same name, ``.json`` extension)."""
+    path = Path(path)
+    stem = path.name.split(".", 1)[0]
+    return path.with_name(stem + ".json")
+
+
+def write_sidecar(path: str | os.PathLike, metadata: dict[str, object]) -> Path:
+    """Write the JSON sidecar of ``path`` atomically."""
+    return write_text_atomic(json.dumps(metadata, indent=2, sort_keys=True) + "\n", sidecar_path(path))

@@ -159,3 +159,12 @@ def test_dataset_level_files(tmp_path, tiny_bids, monkeypatch):
 def test_write_tsv_atomic_uses_bids_missing_values(tmp_path):
     path = write_tsv_atomic(pd.DataFrame({"a": [1.0, None]}), tmp_path / "t.tsv")
     assert path.read_text().splitlines() == ["a", "1.0", "n/a"]
+
+
+def test_sidecar_sits_next_to_its_image(tmp_path):
+    from ketabids.derivatives import sidecar_path, write_sidecar
+
+    image = tmp_path / "sub-01_desc-preproc_T1w.nii.gz"
+    assert sidecar_path(image) == tmp_path / "sub-01_desc-preproc_T1w.json"
+    written = write_sidecar(image, {"SkullStripped": False})
+    assert json.loads(written.read_text()) == {"SkullStripped": False}

@@ -50,13 +50,14 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def make_dataset(bids: Path, voxel: float, region: str) -> dict:
+def make_dataset(bids: Path, voxel: float, region: str, labels: list[str]) -> dict:
     from ketabids.simulate.phantom import make_phantom
 
     bids.mkdir(parents=True, exist_ok=True)
     (bids / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
     phantoms = {}
-    for label, (anatomy, acquisition, loss) in SUBJECTS.items():
+    for label in labels:
+        anatomy, acquisition, loss = SUBJECTS[label]
         phantom = make_phantom(
             anatomy_seed=anatomy,
             acquisition_seed=acquisition,
@@ -98,11 +99,12 @@ def main() -> None:
     parser.add_argument("--voxel", type=float, default=1.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--region", default="Left_MFG_middle_frontal_gyrus")
+    parser.add_argument("--subjects", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
     args = parser.parse_args()
     bids, out, work = args.work / "bids", args.work / "out", args.work / "work"
-    phantoms = make_dataset(bids, args.voxel, args.region)
+    phantoms = make_dataset(bids, args.voxel, args.region, args.subjects)
     results = {}
-    for label in SUBJECTS:
+    for label in args.subjects:
         start = time.time()
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd = [sys.executable, "-c", RUN_ONE, str(bids), str(out), str(work), label, str(args.threads)]

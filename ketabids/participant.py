@@ -82,7 +82,7 @@ def build_workflow(settings: ParticipantSettings, inputs: Sequence[T1wInput]):
 
 
 def _reason(traceback_lines: Sequence[str]) -> str:
-    lines = [line.strip() for line in "".join(traceback_lines).splitlines() if line.strip()]
+    lines = [line.strip() for line in traceback_lines if line.strip()]
     errors = [line for line in lines if "Error" in line.split(":")[0] or "Exception" in line.split(":")[0]]
     return (errors or lines or ["unknown error"])[-1][:300]
 

@@ -94,14 +94,16 @@ def test_registration_args_seed_composite_and_syn_levels(tmp_path):
         tmp_path / "fm.nii.gz",
         "p_",
         seed=7,
+        spacing=2.0,
         syn_iterations="50x20",
     )
     assert args[args.index("--random-seed") + 1] == "7"
     assert args[args.index("--write-composite-transform") + 1] == "1"
     transforms = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
     assert transforms == ["Rigid[0.1]", "Affine[0.1]", "SyN[0.2,3,0]"]
-    last = len(args) - 1 - args[::-1].index("-f")
-    assert args[last + 1] == "2x1"
+    shrinks = [args[i + 1] for i, a in enumerate(args) if a == "-f"]
+    assert shrinks == ["6x3x2", "6x3x2", "2x1"]  # linear stages at ~12, 6, 3 mm on a 2 mm grid
+    assert registration.shrink_factors((12.0, 6.0, 3.0), 4.0) == "3x2x1"
 
 
 def test_template_fixed_image_is_cropped_and_resampled(tmp_path):

@@ -22,6 +22,7 @@ from ketabids.processing.anat import bounding_box, crop
 CROP_MARGIN_MM = 8.0
 MIN_TEMPLATE_SPACING_MM = 2.0
 SYN_ITERATIONS = "100x50x20"
+LINEAR_LEVELS_MM = (12.0, 6.0, 3.0)  # resolutions of the rigid and affine stages
 OUTPUT_SPACING_MM = 1.5  # grid of the template-space outputs (full MNI field of view)
 
 
@@ -83,6 +84,11 @@ def _stage(metric: str, transform: str, iterations: str, shrink: str, smooth: st
     return ["-m", metric, "-t", transform, "-c", f"[{iterations},1e-6,10]", "-f", shrink, "-s", smooth]
 
 
+def shrink_factors(levels_mm: tuple[float, ...], spacing: float) -> str:
+    """ANTs shrink factors reaching about ``levels_mm`` resolution on a grid of ``spacing`` mm."""
+    return "x".join(str(max(1, round(mm / spacing))) for mm in levels_mm)
+
+
 def registration_args(
     fixed: Path,
     moving: Path,
@@ -90,13 +96,19 @@ def registration_args(
     out_prefix: str,
     *,
     seed: int,
+    spacing: float,
     syn_iterations: str = SYN_ITERATIONS,
 ) -> list[str]:
-    """``antsRegistration`` arguments: centre of mass -> rigid -> affine (MI) -> SyN (CC, radius 2)."""
+    """``antsRegistration`` arguments: centre of mass -> rigid -> affine (MI) -> SyN (CC, radius 2).
+
+    Linear stages run at about 12, 6 and 3 mm whatever the template ``spacing``; the SyN levels
+    halve the resolution from the template grid upwards.
+    """
     mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
+    linear_shrink = shrink_factors(LINEAR_LEVELS_MM, spacing)
     args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(seed)]
-    args += _stage(mi, "Rigid[0.1]", "500x250x100", "8x4x2", "3x2x1vox")
-    args += _stage(mi, "Affine[0.1]", "500x250x100", "8x4x2", "3x2x1vox")
+    args += _stage(mi, "Rigid[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
+    args += _stage(mi, "Affine[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
     levels = len(syn_iterations.split("x"))
     shrink = "x".join(str(2**i) for i in reversed(range(levels)))
     smooth = "x".join(str(i) for i in reversed(range(levels))) + "vox"
@@ -130,7 +142,9 @@ def register_to_template(
         template_spacing = max(MIN_TEMPLATE_SPACING_MM, round(float(min(zooms)), 1))
     fixed, fixed_mask = template_fixed_image(template_spacing, out_dir)
     prefix = str(out_dir / "reg_")
-    args = registration_args(fixed, cropped, fixed_mask, prefix, seed=seed, syn_iterations=syn_iterations)
+    args = registration_args(
+        fixed, cropped, fixed_mask, prefix, seed=seed, spacing=template_spacing, syn_iterations=syn_iterations
+    )
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
         raise RuntimeError(f"antsRegistration failed with status {status}")
@@ -231,8 +245,9 @@ def affine_to_template(
     mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
     prefix = str(out_dir / "affine_")
     args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(seed)]
-    args += _stage(mi, "Rigid[0.1]", "500x250x100", "8x4x2", "4x2x1vox")
-    args += _stage(mi, "Affine[0.1]", "500x250x100", "8x4x2", "4x2x1vox")
+    shrink = shrink_factors(LINEAR_LEVELS_MM, 3.0)
+    args += _stage(mi, "Rigid[0.1]", "500x250x100", shrink, "4x2x1mm")
+    args += _stage(mi, "Affine[0.1]", "500x250x100", shrink, "4x2x1mm")
     args += ["-o", f"[{prefix}]", "-z", "1", "-v", "0"]
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:

@@ -48,9 +48,9 @@ def segment_tissues(
     t1w_img = nib.load(str(t1w_file))
     inside_full = np.asanyarray(nib.load(str(mask_file)).dataobj) > 0
     box = bounding_box(inside_full, margin=2)  # Atropos on the brain's box only: same result, less work
-    t1w = ants.from_nibabel_nifti(
-        crop(nib.Nifti1Image(t1w_img.get_fdata(dtype=np.float32), t1w_img.affine), box)
-    )
+    box_file = out_dir / "t1w_box.nii.gz"  # via a file, so priors written by Atropos share its geometry
+    crop(nib.Nifti1Image(t1w_img.get_fdata(dtype=np.float32), t1w_img.affine), box).to_filename(str(box_file))
+    t1w = ants.image_read(str(box_file))
     inside = inside_full[box]
     mask = t1w.new_image_like(inside.astype(np.float32))
     stacked = np.stack([nib.load(str(p)).get_fdata(dtype=np.float32)[box] for p in prior_files], axis=-1)

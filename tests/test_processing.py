@@ -128,3 +128,32 @@ def test_bounding_box_and_crop_keep_world_positions():
     assert cropped.shape == (6, 9, 5)
     np.testing.assert_allclose(cropped.affine @ [0, 0, 0, 1], affine @ [1, 2, 4, 1])
     assert cropped.get_fdata()[0, 0, 0] == data[1, 2, 4]
+
+
+def test_segment_tissues_on_an_oblique_grid_recovers_three_classes(tmp_path):
+    from scipy import ndimage
+    from scipy.spatial.transform import Rotation
+
+    shape = (24, 24, 24)
+    x, y, z = np.meshgrid(*[np.arange(n) - 11.5 for n in shape], indexing="ij")
+    r = np.sqrt(x**2 + y**2 + z**2)
+    truth = np.select([r < 5, r < 8, r < 10], [2, 1, 3], 0)  # WM core, GM shell, CSF shell
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [7, -5, 11], degrees=True).as_matrix() * 2.0
+    affine[:3, 3] = [-23.3, -21.7, -19.9]
+    rng = np.random.default_rng(0)
+    t1w = np.choose(truth, [0.0, 630.0, 1000.0, 220.0]) + rng.normal(0, 20, shape) * (truth > 0)
+    files = {}
+    for name, data in {"t1w": t1w, "mask": truth > 0}.items():
+        files[name] = tmp_path / f"{name}.nii.gz"
+        nib.Nifti1Image(data.astype(np.float32), affine).to_filename(files[name])
+    priors = []
+    for label in (1, 2, 3):  # blurred truth as priors: GM, WM, CSF
+        path = tmp_path / f"prior{label}.nii.gz"
+        nib.Nifti1Image(ndimage.gaussian_filter((truth == label) * 1.0, 1.0), affine).to_filename(path)
+        priors.append(path)
+    result = segmentation.segment_tissues(files["t1w"], files["mask"], tuple(priors), tmp_path)
+    dseg = np.asarray(nib.load(result.dseg).dataobj)
+    assert (dseg == truth).mean() > 0.97
+    gm = nib.load(result.probabilities[0]).get_fdata()
+    assert gm[truth == 1].mean() > 0.9 and gm[truth == 0].max() == 0

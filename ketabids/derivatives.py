@@ -140,6 +140,7 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
         "DatasetType": "derivative",
         "GeneratedBy": [generated_by],
         "SourceDatasets": [source],
+        "DatasetLinks": {"raw": source["URL"]},
     }
     return write_text_atomic(
         json.dumps(description, indent=2) + "\n", Path(output_dir) / "dataset_description.json"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 
 from ketabids.data.templates import TEMPLATE_NAME
-from ketabids.derivatives import atomic_copy, derivative_path, write_tsv_atomic
+from ketabids.derivatives import atomic_copy, derivative_path, write_sidecar, write_tsv_atomic
 
 LOGGER = logging.getLogger("ketabids")
 
@@ -58,8 +58,23 @@ def write_participant_outputs(
             )
         else:
             atomic_copy(files[key], target)
+            if target.name.endswith(".nii.gz"):
+                write_sidecar(target, sidecar_metadata(key, source_file))
         written[key] = target
     return written
+
+
+def sidecar_metadata(key: str, source_file: str | os.PathLike) -> dict[str, object]:
+    """JSON sidecar of an image output: its raw source and, for T1w images, whether skull-stripped."""
+    source = Path(source_file)
+    parts = source.parts
+    start = max(i for i, part in enumerate(parts) if part.startswith("sub-") and i < len(parts) - 1)
+    metadata: dict[str, object] = {"Sources": ["bids:raw:" + "/".join(parts[start:])]}
+    if key == "t1w_preproc":
+        metadata["SkullStripped"] = False
+    if key == "t1w_template":
+        metadata["SkullStripped"] = True
+    return metadata
 
 
 def _read_tsv(path: Path) -> pd.DataFrame | None:

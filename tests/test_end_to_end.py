@@ -85,7 +85,9 @@ def test_participant_level_writes_the_contract(phantom_dataset, tmp_path, monkey
         assert tissue["tiv_mm3"].iloc[0] == pytest.approx(truth["tiv_mm3"].iloc[0], rel=0.15)
 
     layout = BIDSLayout(out, validate=False, is_derivative=True)
-    assert len(layout.get(suffix="probseg", label="GM", session="pre")) == 2 * len(subjects)
+    gm_maps = layout.get(suffix="probseg", label="GM", session="pre", extension=".nii.gz")
+    assert len(gm_maps) == 2 * len(subjects), "native GM and modulated GM per subject"
+    assert all(layout.get_metadata(f.path)["Sources"][0].startswith("bids:raw:sub-") for f in gm_maps)
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
     if validator():

@@ -275,7 +275,6 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path, work_dir: Path) -> int:
     from ketabids import bids
-    from ketabids.derivatives import write_bidsignore, write_dataset_description, write_dseg_tsv
 
     labels = bids.clean_labels(args.participant_label, "sub-")
     sessions = bids.clean_labels(args.session_label, "ses-")
@@ -283,12 +282,6 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
         bids.validate_dataset(bids_dir)
     layout = bids.load_layout(bids_dir)
     inputs = bids.select_t1w(layout, labels, sessions)
-    for item in inputs:
-        bids.check_image(item)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_dataset_description(output_dir, bids_dir)
-    write_bidsignore(output_dir)
-    write_dseg_tsv(output_dir)
     settings = ParticipantSettings(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -306,8 +299,6 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
     from ketabids.participant import run_participant_level
 
     failures = run_participant_level(settings, inputs)
-    for failure in failures:
-        LOGGER.error("%s", failure)
     if failures:
         LOGGER.error(
             "%d of %d participant run(s) failed; the others' outputs are complete", len(failures), len(inputs)

@@ -43,7 +43,12 @@ def configure_nipype(work_dir: Path) -> None:
     config.set("execution", "remove_unnecessary_outputs", "false")
     config.set("execution", "hash_method", "content")
     config.set("monitoring", "enabled", "false")
+    # Nipype's node-by-node log only with -v; its own handler prints it (no duplicate via the root logger).
+    level = "INFO" if LOGGER.getEffectiveLevel() <= logging.DEBUG else "WARNING"
+    config.set("logging", "workflow_level", level)
+    config.set("logging", "interface_level", level)
     nipype_logging.update_logging(config)
+    logging.getLogger("nipype").propagate = False
 
 
 def plugin_settings(settings: ParticipantSettings) -> tuple[str, dict]:
@@ -132,6 +137,14 @@ def run_participant_level(
     configure_nipype(work_dir)
     workflow = build_workflow(settings, inputs)
     plugin, plugin_args = plugin_settings(settings)
+    LOGGER.info(
+        "running %d workflow(s) with %s (%d processes, %d threads each); work dir %s",
+        len(inputs),
+        plugin,
+        settings.nprocs,
+        settings.omp_nthreads,
+        work_dir,
+    )
     started = time.time() - 1
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
@@ -140,6 +153,10 @@ def run_participant_level(
     failures = collect_failures(work_dir / "crash", started, inputs)
     for failure in failures:
         LOGGER.error("%s", failure)
+    failed = {(f.subject, f.session) for f in failures}
+    for item in inputs:
+        if (item.subject, item.session) not in failed:
+            LOGGER.info("%s: finished", item.name)
     errors: dict[tuple[str, str | None], list[str]] = {}
     for failure in failures:
         errors.setdefault((failure.subject, failure.session), []).append(str(failure))

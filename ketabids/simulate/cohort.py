@@ -47,6 +47,10 @@ REGION_NOISE = 0.02  # measurement noise of a median-sized region (fraction)
 TIV_NOISE = 0.01  # measurement noise of TIV (fraction)
 KETAMINE_RESPONSE_RATE = 0.525  # paper's discovery cohort
 SALINE_RESPONSE_RATE = 0.35
+# The MNI152 template's intracranial volume is ~1.9 L, larger than an average adult's (~1.45 L):
+# heads are scaled down around 0.92 (TIV ~1.5 L, range ~1.1-1.9 L).
+HEAD_SCALE_MEAN = 0.92
+HEAD_SCALE_RANGE = (0.84, 1.0)
 
 
 @dataclass
@@ -204,7 +208,7 @@ def simulate_cohort(
     madrs_pre, madrs_24h = _madrs(responder, rng)
 
     head_scale = pd.Series(
-        np.clip(rng.normal(1.0, 0.035, n) + np.where(sex == "M", 0.02, -0.02), 0.9, 1.1),
+        np.clip(rng.normal(HEAD_SCALE_MEAN, 0.035, n) + np.where(sex == "M", 0.02, -0.02), *HEAD_SCALE_RANGE),
         index=ids,
         name="head_scale",
     )

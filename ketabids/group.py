@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -25,18 +25,26 @@ from ketabids.derivatives import (
     write_tsv_atomic,
 )
 from ketabids.errors import BadDataError, InputMissingError, UsageError
-from ketabids.learning import cohorts
-from ketabids.learning.engine import Data, Protocol, evaluate, run_cv
+from ketabids.learning import cohorts, compat
+from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
+from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
 from ketabids.learning.inputs import GroupInputs, load_inputs
-from ketabids.learning.metrics import balanced_accuracy, binary_metrics, permutation_p_value
+from ketabids.learning.metrics import METRICS, balanced_accuracy, binary_metrics, permutation_p_value
 from ketabids.learning.model import CalibratedModel, build_pipeline
 from ketabids.learning.modelfile import load_model, save_model
 from ketabids.learning.permutation import null_distribution, prepare_analysis
 from ketabids.learning.weights import haufe_pattern, region_map, weight_table
+from ketabids.reports.methods import software_versions
 from ketabids.settings import GroupSettings
 
 LOGGER = logging.getLogger("ketabids.group")
 WEIGHT_MAP = f"weights_space-{TEMPLATE_NAME}_stat.nii.gz"
+ROLE_APPLY = "apply"  # apply mode: participants without a ketamine/saline arm
+# the null hypothesis behind each row's p-values (metrics.tsv column ``null``)
+NULL_CV = "discovery labels permuted, whole nested CV rerun"
+NULL_CV_SITE = "discovery labels permuted within site, whole nested CV rerun"
+NULL_FROZEN = "frozen model, this set's labels permuted; AUC: Mann-Whitney U test"
+NULL_SPECIFICITY = "treatment labels permuted across the ketamine external and saline sets"
 
 
 def _protocol(settings: GroupSettings) -> Protocol:
@@ -70,25 +78,81 @@ def _check_training_labels(y: np.ndarray, protocol: Protocol, discovery: str) ->
 
 
 def _apply_sets(table: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Row positions of the external cohorts (pooled and each) and of the control set."""
+    """Row positions of the external cohorts (pooled and each), of the control set, and (apply
+    mode) of participants without a treatment arm."""
     sets: dict[str, np.ndarray] = {}
-    external = table["evaluation"].to_numpy() == cohorts.ROLE_EXTERNAL
+    evaluation = table["evaluation"].to_numpy()
+    external = evaluation == cohorts.ROLE_EXTERNAL
     if external.any():
         sets["external"] = np.flatnonzero(external)
-        for cohort in sorted(table.loc[external, "cohort"].unique()):
+        for cohort in sorted(table.loc[external, "cohort"].dropna().unique()):
             sets[f"external:{cohort}"] = np.flatnonzero(external & (table["cohort"].to_numpy() == cohort))
-    control = table["evaluation"].to_numpy() == cohorts.ROLE_CONTROL
-    if control.any():
-        sets["control"] = np.flatnonzero(control)
+    for name in (cohorts.ROLE_CONTROL, ROLE_APPLY):
+        if (evaluation == name).any():
+            sets[name] = np.flatnonzero(evaluation == name)
     return sets
 
 
-def _metrics_row(name: str, y: np.ndarray, decision: np.ndarray, probability: np.ndarray, seed: int) -> dict:
+def _frozen_row(name: str, y: np.ndarray, decision: np.ndarray, settings: GroupSettings) -> dict:
+    """Metrics of a fixed model on one set, bootstrap intervals and frozen-model p-values."""
     known = np.isfinite(y)
-    row = {"evaluation": name}
+    row: dict = {"evaluation": name, "null": NULL_FROZEN}
     if known.sum() == 0:
         return {**row, "n": 0}
-    row.update(binary_metrics(y[known], decision[known] > 0, probability[known], seed=seed))
+    row.update(binary_metrics(y[known], decision[known] > 0, decision[known], seed=settings.random_seed))
+    row.update(
+        frozen_model_p_values(y[known], decision[known], settings.n_permutations, settings.random_seed)
+    )
+    return row
+
+
+def _specificity_row(
+    y: np.ndarray, decision: np.ndarray, sets: dict[str, np.ndarray], settings: GroupSettings
+) -> dict | None:
+    """Ketamine (external, pooled) minus saline (control) BAC and AUC, when both sets have outcomes."""
+    if "external" not in sets or cohorts.ROLE_CONTROL not in sets:
+        return None
+    arms = []
+    for name in ("external", cohorts.ROLE_CONTROL):
+        rows = sets[name][np.isfinite(y[sets[name]])]
+        if np.unique(y[rows]).size < 2:
+            return None
+        arms.append((y[rows], decision[rows]))
+    test = specificity_test(
+        arms[0], arms[1], n_permutations=settings.n_permutations, seed=settings.random_seed
+    )
+    return {"evaluation": "specificity", "null": NULL_SPECIFICITY, **test}
+
+
+def _order_columns(metrics: pd.DataFrame) -> pd.DataFrame:
+    first = ["evaluation", "n", "n_responders", "n_nonresponders", *METRICS, "p_value", "auc_p_value"]
+    columns = [c for c in first if c in metrics.columns]
+    return metrics[columns + [c for c in metrics.columns if c not in columns]]
+
+
+def _cv_row(y: np.ndarray, cv: CVResult, protocol: Protocol, null: pd.DataFrame, within_site: bool) -> dict:
+    """Metrics of the repeat-averaged CV decision; Nadeau-Bengio intervals over the outer folds."""
+    decision = cv.mean_decision
+    row: dict = {"evaluation": "cv"}
+    row.update(binary_metrics(y, decision > 0, decision, n_bootstrap=0))
+    test_fraction = 1 / (protocol.outer_folds - 1)
+    folds = pd.DataFrame(cv.fold_metrics(y))
+    for name in METRICS:
+        values = folds[name].to_numpy(dtype=float)
+        low, high = corrected_resampled_interval(values, test_fraction)
+        centre = np.nanmean(values) if np.isfinite(values).any() else np.nan
+        # the corrected resampled t half-width, centred at the reported (pooled) estimate
+        row[f"{name}_ci_low"] = row[name] - (centre - low)
+        row[f"{name}_ci_high"] = row[name] + (high - centre)
+    per_repeat = balanced_accuracy(y, cv.decision > 0)
+    row["balanced_accuracy_repeat_mean"] = float(per_repeat.mean())
+    row["balanced_accuracy_repeat_sd"] = float(per_repeat.std())
+    if not null.empty:
+        row["p_value"] = permutation_p_value(
+            row["balanced_accuracy"], null["cv_balanced_accuracy"].to_numpy()
+        )
+        row["auc_p_value"] = permutation_p_value(row["auc"], null["cv_auc"].to_numpy())
+        row["null"] = NULL_CV_SITE if within_site else NULL_CV
     return row
 
 
@@ -111,8 +175,6 @@ def _prediction_rows(
 
 
 def _model_card(settings: GroupSettings, inputs: GroupInputs, protocol: Protocol, extra: dict) -> dict:
-    from ketabids.reports.methods import software_versions
-
     y = inputs.table.loc[inputs.table["evaluation"] == cohorts.ROLE_TRAIN, "y_true"]
     return {
         "ketabids_version": __version__,
@@ -123,7 +185,7 @@ def _model_card(settings: GroupSettings, inputs: GroupInputs, protocol: Protocol
         "feature_names": list(inputs.features.columns),
         "covariates": list(settings.covariates),
         "covariate_columns": list(inputs.covariates.columns),
-        "response_threshold": settings.response_threshold,
+        "response_threshold": settings.threshold,
         "classifier": protocol.classifier,
         "protocol": asdict(protocol),
         "training": {
@@ -181,6 +243,14 @@ def _final_weights(model: CalibratedModel, matrix: np.ndarray) -> tuple[np.ndarr
     return final, haufe_pattern(z, model.decision_function(matrix))
 
 
+def _discovery_blocks(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray | None:
+    """Site codes for within-site permutations, or None when the discovery rows share one site."""
+    sites = table["site"].astype("string").fillna("<no site>")
+    if sites.iloc[rows].nunique() < 2:
+        return None
+    return pd.factorize(sites)[0]
+
+
 def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dict:
     protocol = _protocol(settings)
     table = inputs.table
@@ -198,10 +268,13 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         features=inputs.features.to_numpy(dtype=float), covariates=inputs.covariates.to_numpy(dtype=float)
     )
     apply_sets = _apply_sets(table)
+    blocks = _discovery_blocks(table, rows)
     LOGGER.info(
         "training on %d discovery participants; apply sets: %s", rows.size, ", ".join(apply_sets) or "none"
     )
-    analysis = prepare_analysis(data, rows, y, apply_sets, protocol, settings.random_seed, settings.n_jobs)
+    analysis = prepare_analysis(
+        data, rows, y, apply_sets, protocol, settings.random_seed, settings.n_jobs, blocks=blocks
+    )
     cv = run_cv(data, analysis.cv, y, rows, protocol, want_weights=True)
 
     fast = evaluate(analysis.final, y, protocol)
@@ -216,32 +289,27 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         analysis, y, protocol, settings.n_permutations, settings.random_seed, settings.n_jobs
     )
 
-    metrics = [_metrics_row("cv", y[rows], cv.mean_decision, cv.mean_probability, settings.random_seed)]
-    per_repeat = balanced_accuracy(y[rows], cv.decision > 0)
-    metrics[0]["balanced_accuracy_repeat_mean"] = float(per_repeat.mean())
-    metrics[0]["balanced_accuracy_repeat_sd"] = float(per_repeat.std())
+    metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
     predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability)]
+    decision = np.full(len(table), np.nan)
     for name, set_rows in apply_sets.items():
-        decision = model.decision_function(matrix[set_rows])
-        probability = model.predict_proba(matrix[set_rows])[:, 1]
-        metrics.append(_metrics_row(name, y[set_rows], decision, probability, settings.random_seed))
+        decision[set_rows] = model.decision_function(matrix[set_rows])
+        row = _frozen_row(name, y[set_rows], decision[set_rows], settings)
+        for stat, column in (("balanced_accuracy", "p_value"), ("auc", "auc_p_value")):
+            if f"{name}_{stat}" in null and stat in row:
+                row[f"{column}_retrained"] = permutation_p_value(row[stat], null[f"{name}_{stat}"].to_numpy())
+        metrics.append(row)
         if ":" not in name:
-            predictions.append(_prediction_rows(table, set_rows, decision, probability))
-    metrics_table = pd.DataFrame(metrics)
-    if not null.empty:
-        for row in metrics_table.index:
-            name = metrics_table.loc[row, "evaluation"]
-            for stat, column in (("balanced_accuracy", "p_value"), ("auc", "auc_p_value")):
-                key = f"{name}_{stat}"
-                if key in null and stat in metrics_table.columns:
-                    metrics_table.loc[row, column] = permutation_p_value(
-                        metrics_table.loc[row, stat], null[key].to_numpy()
-                    )
-    else:
-        metrics_table["p_value"] = np.nan
+            probability = model.predict_proba(matrix[set_rows])[:, 1]
+            predictions.append(_prediction_rows(table, set_rows, decision[set_rows], probability))
+    specificity = _specificity_row(y, decision, apply_sets, settings)
+    if specificity is not None:
+        metrics.append(specificity)
+    metrics_table = _order_columns(pd.DataFrame(metrics))
 
     final_w, pattern = _final_weights(model, matrix[rows])
     weights = weight_table(list(inputs.features.columns), final_w, cv.weights, pattern)
+    training_sites = table["site"].iloc[rows].dropna().astype(str)
     card = _model_card(
         settings,
         inputs,
@@ -249,7 +317,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         {
             "c": best_c,
             "platt": {"a": model.platt_a, "b": model.platt_b},
-            "site_levels": _site_levels(inputs),
+            "training_sites": sorted(training_sites.unique()),
             "cv_metrics": _metrics_json(metrics_table.iloc[:1])["cv"],
             "c_chosen_in_cv": {str(c): int((cv.c_chosen == c).sum()) for c in protocol.c_grid},
         },
@@ -264,11 +332,8 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         "card": card,
         "excluded": pd.DataFrame(excluded, columns=["participant_id", "reason"]),
         "cv_repeats": cv.decision,
+        "notes": [],
     }
-
-
-def _site_levels(inputs: GroupInputs) -> list[str]:
-    return sorted(c.removeprefix("site_") for c in inputs.covariates.columns if c.startswith("site_"))
 
 
 def _check_atlas(settings: GroupSettings, atlas: str | None) -> None:
@@ -287,18 +352,19 @@ def _check_atlas(settings: GroupSettings, atlas: str | None) -> None:
 def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]:
     model, card = load_model(Path(settings.model_file))
     _check_atlas(settings, card.get("atlas"))
+    threshold = compat.response_threshold(card, settings)
+    notes = compat.version_notes(card, software_versions(), settings.force_model, settings.model_file)
     covariates = tuple(card.get("covariates", ()))
-    site_levels = None
-    if "site" in covariates:
-        site_levels = ["<reference>", *card.get("site_levels", [])]
+    settings = replace(settings, response_threshold=threshold)
     inputs = load_inputs(
         settings,
         feature_kind=card.get("features"),
         atlas=card.get("atlas"),
         covariates=covariates,
-        site_levels=site_levels,
+        site_levels=card.get("training_sites") if "site" in covariates else None,
         apply=True,
     )
+    notes += compat.site_notes(card, inputs.table["site"], settings.model_file)
     if list(inputs.features.columns) != card.get("feature_names"):
         raise BadDataError(
             f"{settings.model_file}: the model expects {len(card.get('feature_names', []))} "
@@ -316,14 +382,12 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     probability = model.predict_proba(matrix)[:, 1]
     table = inputs.table
     y = table["y_true"].to_numpy(dtype=float)
-    metrics = [_metrics_row("apply", y, decision, probability, settings.random_seed)]
-    for cohort in sorted(table["cohort"].dropna().unique()):
-        mask = (table["cohort"] == cohort).to_numpy()
-        metrics.append(
-            _metrics_row(f"apply:{cohort}", y[mask], decision[mask], probability[mask], settings.random_seed)
-        )
-    metrics_table = pd.DataFrame(metrics)
-    metrics_table["p_value"] = np.nan
+    sets = _apply_sets(table)
+    metrics = [_frozen_row(name, y[rows], decision[rows], settings) for name, rows in sets.items()]
+    specificity = _specificity_row(y, decision, sets, settings)
+    if specificity is not None:
+        metrics.append(specificity)
+    metrics_table = _order_columns(pd.DataFrame(metrics))
     final_w, pattern = _final_weights(model, matrix)
     weights = weight_table(list(inputs.features.columns), final_w, [], pattern)
     atomic_copy(settings.model_file, group_dir / "model.skops")
@@ -337,6 +401,8 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         "card": card,
         "excluded": inputs.excluded,
         "cv_repeats": None,
+        "notes": notes,
+        "response_threshold": threshold,
     }
 
 
@@ -350,6 +416,7 @@ def run_group_level(settings: GroupSettings) -> None:
     else:
         if settings.features not in ("roi", "voxel"):
             raise UsageError(f"unknown feature kind '{settings.features}'; choose roi or voxel")
+        settings = replace(settings, response_threshold=settings.threshold)
         inputs = load_inputs(settings)
         result = _train(settings, inputs, group_dir)
         atlas = settings.atlas

@@ -37,6 +37,9 @@ class ColumnNames:
     madrs_post: str = "madrs_24h"
 
 
+DEFAULT_RESPONSE_THRESHOLD = 0.5
+
+
 @dataclass(frozen=True)
 class GroupSettings:
     """Everything the group level needs."""
@@ -54,9 +57,15 @@ class GroupSettings:
     inner_folds: int = 5
     c_grid: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0)
     n_permutations: int = 1000
-    response_threshold: float = 0.5
+    response_threshold: float | None = None  # None: 0.5 when training, the model card's with a model
     discovery_cohort: str = "discovery"
     model_file: Path | None = None
+    force_model: bool = False  # apply despite a threshold or major library-version mismatch
     n_jobs: int = 1
     random_seed: int = 0
     columns: ColumnNames = field(default_factory=ColumnNames)
+
+    @property
+    def threshold(self) -> float:
+        """The response threshold in force (the default when none was given)."""
+        return DEFAULT_RESPONSE_THRESHOLD if self.response_threshold is None else self.response_threshold

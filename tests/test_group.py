@@ -13,6 +13,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import skops.io as sio
+from scipy import stats
+from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer
 
@@ -57,7 +59,15 @@ def test_group_writes_every_output(trained):
     assert predictions.groupby("evaluation").size().to_dict() == {"control": 49, "cv": 98, "external": 51}
     assert predictions["probability"].between(0, 1).all()
     metrics = _read(trained, "metrics.tsv").set_index("evaluation")
-    assert set(metrics.index) == {"cv", "external", "external:external1", "external:external2", "control"}
+    assert set(metrics.index) == {
+        "cv", "external", "external:external1", "external:external2", "control", "specificity"
+    }  # fmt: skip
+    assert metrics["null"].notna().all() and metrics["p_value"].notna().all()
+    assert metrics["auc_p_value"].notna().all()
+    # y_pred is the sign of the decision, and probabilities increase with it (slope a >= 0)
+    assert (predictions["y_pred"] == (predictions["decision"] > 0)).all()
+    ordered = predictions[predictions["evaluation"] != "cv"].sort_values("decision")
+    assert ordered["probability"].is_monotonic_increasing
     assert json.loads((group / "metrics.json").read_text())["cv"]["n"] == 98
     card = json.loads((group / "model.json").read_text())
     assert card["sha256"] == sha256(group / "model.skops")
@@ -67,6 +77,8 @@ def test_group_writes_every_output(trained):
     assert (
         "sub-002" in report and "10.1038/s41398-026-04085-4" in report and "data:image/png;base64" in report
     )
+    assert "auc p value" in report and "Nadeau" in report and "ketamine minus saline" in report
+    assert "inside a scikit-learn pipeline" not in report
     image = nib.load(group / WEIGHT_MAP)
     assert np.count_nonzero(image.get_fdata()) > 1000
 
@@ -100,18 +112,147 @@ def _subset_dataset(source: GroupSettings, root: Path, participants: list[str]) 
     return GroupSettings(bids_dir=root / "bids", output_dir=root / "out")
 
 
-def test_model_round_trip_matches_in_process_predictions(trained, tmp_path):
+def test_external_and_control_use_the_frozen_model_null(trained):
+    metrics = _read(trained, "metrics.tsv").set_index("evaluation")
     predictions = _read(trained, "predictions.tsv")
-    external = predictions[predictions["evaluation"] == "external"]
-    other = _subset_dataset(trained, tmp_path, list(external["participant_id"]))
-    run_group_level(replace(other, model_file=trained.output_dir / "group" / "model.skops"))
-    applied = _read(other, "predictions.tsv").set_index("participant_id").loc[external["participant_id"]]
-    assert (applied["evaluation"] == "apply").all()
-    np.testing.assert_allclose(applied["probability"], external["probability"].to_numpy(), atol=1e-6)
-    np.testing.assert_array_equal(applied["y_pred"], external["y_pred"])
+    for name, kind in (("external", "external"), ("control", "control")):
+        part = predictions[predictions["evaluation"] == kind]
+        y, d = part["y_true"].to_numpy(dtype=bool), part["decision"].to_numpy()
+        expected = stats.mannwhitneyu(d[y], d[~y], alternative="greater").pvalue
+        assert metrics.loc[name, "auc_p_value"] == pytest.approx(expected, rel=1e-4)
+        assert metrics.loc[name, "auc"] == pytest.approx(roc_auc_score(y, d), abs=1e-6)
+        assert np.isfinite(metrics.loc[name, "p_value_retrained"])
+    cv = predictions[predictions["evaluation"] == "cv"]
+    assert metrics.loc["cv", "auc"] == pytest.approx(roc_auc_score(cv["y_true"], cv["decision"]), abs=1e-5)
+    # CV intervals come from the spread over folds: wider than a bootstrap over 98 participants would
+    # be is not guaranteed, but they must bracket the estimate and stay inside [0, 1] +- rounding
+    low, high = metrics.loc["cv", "balanced_accuracy_ci_low"], metrics.loc["cv", "balanced_accuracy_ci_high"]
+    assert low < metrics.loc["cv", "balanced_accuracy"] < high
+    assert "within site" not in metrics.loc["cv", "null"]  # one discovery site: plain permutations
+
+
+def test_specificity_row_ketamine_beats_saline(trained):
+    """Simulated truth: the anatomy predicts response to ketamine only, so the difference is positive."""
+    metrics = _read(trained, "metrics.tsv").set_index("evaluation")
+    row = metrics.loc["specificity"]
+    difference = metrics.loc["external", "balanced_accuracy"] - metrics.loc["control", "balanced_accuracy"]
+    assert row["balanced_accuracy"] == pytest.approx(difference, abs=1e-9)
+    assert row["auc"] == pytest.approx(
+        metrics.loc["external", "auc"] - metrics.loc["control", "auc"], abs=1e-9
+    )
+    assert row["n"] == 100 and row["auc"] > 0
+    assert row["auc_ci_low"] < row["auc"] < row["auc_ci_high"]
+    assert 0 < row["auc_p_value"] < 0.2
+
+
+def test_model_applied_per_treatment_arm_matches_in_process_predictions(trained, tmp_path):
+    predictions = _read(trained, "predictions.tsv")
+    held = predictions[predictions["evaluation"] != "cv"]
+    other = _subset_dataset(trained, tmp_path, list(held["participant_id"]))
+    run_group_level(
+        replace(other, model_file=trained.output_dir / "group" / "model.skops", n_permutations=39)
+    )
+    applied = _read(other, "predictions.tsv").set_index("participant_id").loc[held["participant_id"]]
+    assert list(applied["evaluation"]) == list(held["evaluation"])  # ketamine external, saline control
+    np.testing.assert_allclose(applied["probability"], held["probability"].to_numpy(), atol=1e-6)
+    np.testing.assert_array_equal(applied["y_pred"], held["y_pred"])
+    assert (applied["y_pred"] == (applied["decision"] > 0)).all()
     metrics = _read(other, "metrics.tsv").set_index("evaluation")
     in_process = _read(trained, "metrics.tsv").set_index("evaluation")
-    assert metrics.loc["apply", "auc"] == pytest.approx(in_process.loc["external", "auc"], abs=1e-6)
+    assert set(metrics.index) == set(in_process.index) - {"cv"}
+    for name in metrics.index:
+        for column in ("n", "balanced_accuracy", "auc", "auc_p_value", "p_value"):
+            assert metrics.loc[name, column] == pytest.approx(in_process.loc[name, column], abs=1e-6), (
+                name,
+                column,
+            )
+
+
+def _applied(trained: GroupSettings, root: Path, participants: list[str], **changes) -> GroupSettings:
+    settings = _subset_dataset(trained, root, participants)
+    return replace(
+        settings, model_file=trained.output_dir / "group" / "model.skops", n_permutations=19, **changes
+    )
+
+
+def _held(trained: GroupSettings, evaluation: str) -> list[str]:
+    predictions = _read(trained, "predictions.tsv")
+    return list(predictions.loc[predictions["evaluation"] == evaluation, "participant_id"])
+
+
+def test_apply_uses_the_cards_threshold_and_refuses_another(trained, tmp_path):
+    settings = _applied(trained, tmp_path, _held(trained, "external"))
+    with pytest.raises(UsageError, match=r"response threshold 0\.5, not 0\.3"):
+        run_group_level(replace(settings, response_threshold=0.3))
+    run_group_level(replace(settings, response_threshold=0.3, force_model=True))
+    table = pd.read_csv(settings.bids_dir / "participants.tsv", sep="\t").set_index("participant_id")
+    expected = ((table["madrs_pre"] - table["madrs_24h"]) / table["madrs_pre"] >= 0.3).astype(int)
+    applied = _read(settings, "predictions.tsv").set_index("participant_id")
+    assert (applied["y_true"] == expected.loc[applied.index]).all()
+    assert (expected != ((table["madrs_pre"] - table["madrs_24h"]) / table["madrs_pre"] >= 0.5)).any()
+
+
+def test_single_class_sets_give_no_auc_and_no_p_value(trained, tmp_path):
+    predictions = _read(trained, "predictions.tsv")
+    responders = predictions[(predictions["evaluation"] == "external") & (predictions["y_true"] == 1)]
+    settings = _applied(trained, tmp_path, list(responders["participant_id"]))
+    run_group_level(settings)
+    metrics = _read(settings, "metrics.tsv").set_index("evaluation")
+    assert metrics.loc["external", "n"] == len(responders) and metrics.loc["external", "n_nonresponders"] == 0
+    assert np.isnan(metrics.loc["external", "auc"]) and np.isnan(metrics.loc["external", "p_value"])
+    assert "specificity" not in metrics.index
+
+
+def test_unseen_site_is_reported_or_refused(trained, tmp_path):
+    participants = _held(trained, "external")[:10]
+    settings = _applied(trained, tmp_path / "a", participants)
+    _edit_participants(settings, lambda t: t.assign(site="siteZ"))
+    run_group_level(settings)  # the default model has no site covariate: predictions as usual
+    assert "siteZ" in (settings.output_dir / "group" / "report.html").read_text()
+    # a model with a site covariate refuses sites it never saw (never coded as the reference site)
+    design = simulate_cohort(n_discovery=40, n_external=(10,), n_saline=0, effect_size=2.0, seed=4)
+    write_tables(design, tmp_path / "b" / "bids", tmp_path / "b" / "out", seed=4)
+    source = GroupSettings(bids_dir=tmp_path / "b" / "bids", output_dir=tmp_path / "b" / "out",
+                           covariates=("tiv", "site"), n_permutations=9, **SMALL)  # fmt: skip
+    run_group_level(source)
+    card = json.loads((source.output_dir / "group" / "model.json").read_text())
+    assert card["training_sites"] == ["siteA"] and card["covariate_columns"] == ["tiv"]
+    table = design.participants
+    external = list(table.loc[table["cohort"] == "external1", "participant_id"])
+    target = replace(_subset_dataset(source, tmp_path / "c", external[:10]), n_permutations=9,
+                     model_file=source.output_dir / "group" / "model.skops")  # fmt: skip
+    with pytest.raises(BadDataError, match="never saw"):
+        run_group_level(target)
+
+
+def test_permutations_stay_within_discovery_sites(small):
+    _edit_participants(small, lambda t: t.assign(site=np.where(np.arange(len(t)) % 2, "siteA", "siteB")))
+    settings = replace(small, cv_repeats=1, n_permutations=9)
+    run_group_level(settings)
+    metrics = _read(settings, "metrics.tsv").set_index("evaluation")
+    assert "within site" in metrics.loc["cv", "null"]
+
+
+def test_model_card_versions_are_checked(trained, tmp_path, caplog):
+    participants = _held(trained, "external")[:12]
+    for name, version, outcome in (
+        ("minor", "1.0.0", "warn"),  # scikit-learn 1.x -> installed 1.9: warning only
+        ("major", "0.24.2", "refuse"),
+    ):
+        settings = _applied(trained, tmp_path / name, participants)
+        model = _copy_model(trained, tmp_path / f"model-{name}")
+        card = json.loads(model.with_suffix(".json").read_text())
+        card["software"]["scikit-learn"] = version
+        model.with_suffix(".json").write_text(json.dumps(card))
+        settings = replace(settings, model_file=model)
+        if outcome == "refuse":
+            with pytest.raises(BadDataError, match="major version"):
+                run_group_level(settings)
+            run_group_level(replace(settings, force_model=True))
+        else:
+            with caplog.at_level("WARNING", logger="ketabids.group"):
+                run_group_level(settings)
+            assert f"scikit-learn {version}" in caplog.text
 
 
 def _copy_model(trained: GroupSettings, folder: Path) -> Path:

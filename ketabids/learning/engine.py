@@ -8,27 +8,76 @@ stratified outer folds, organised so that it can be rerun a thousand times on pe
 * preprocessing (covariate residualisation, scaling) is fitted on the training rows of every
   inner and outer split with the numpy functions the saved pipeline uses, and does not depend on
   the labels, so each split's kernel matrix is computed once and reused for every ``C`` and every
-  permutation (libsvm is called on the precomputed kernel);
+  permutation (the SVM is solved on the precomputed kernel);
 * a C whose solution has no multiplier at its bound is the hard-margin solution, reused for the
   larger C values;
 * decision values become probabilities through a Platt sigmoid fitted on the inner
   cross-validation's out-of-fold decision values of the chosen ``C``.
+
+The SVM solver is scikit-learn's libsvm. ``SVC(kernel="precomputed")`` costs ~1 ms per fit in
+input validation alone, 5-20 times the solve on these small kernels, which would break the
+10-minute bar of the paper protocol (2.6 million fits). So the engine calls the libsvm binding
+that ``SVC.fit`` calls (``sklearn.svm._libsvm.fit``, private) only after checking at import, on a
+small fixed problem, that it gives the same support vectors, dual coefficients and intercepts as
+the public ``SVC``; if the binding is missing or disagrees (a scikit-learn change), the engine
+logs a warning and uses the public ``SVC`` (slower, same results). pyproject.toml bounds
+scikit-learn to the versions this was checked with.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
-from sklearn.svm import _libsvm
+from sklearn.svm import SVC
 
-from ketabids.learning.metrics import balanced_accuracy
+from ketabids.learning.metrics import balanced_accuracy, binary_metrics
 from ketabids.learning.model import CLASSIFIERS, platt_apply, platt_fit
 from ketabids.learning.preprocessing import transform_split
 
-_libsvm.set_verbosity_wrap(0)
+LOGGER = logging.getLogger("ketabids.group")
+
+# An SVM solution on a precomputed kernel: support indices, dual coefficients (scikit-learn's
+# sign: positive decision -> class 1) and intercept; decision = kernel[:, support] @ dual + intercept.
+SvmSolution = tuple[np.ndarray, np.ndarray, float]
+
+
+def _solve_public(kernel: np.ndarray, y: np.ndarray, c: float) -> SvmSolution:
+    model = SVC(kernel="precomputed", C=c, class_weight="balanced", tol=1e-3, cache_size=200).fit(kernel, y)
+    return model.support_, model.dual_coef_[0].copy(), float(model.intercept_[0])
+
+
+def _libsvm_solver() -> Callable[[np.ndarray, np.ndarray, float], SvmSolution] | None:
+    """The private libsvm binding of ``SVC.fit``, if it exists and matches ``SVC`` on a fixed problem."""
+    try:
+        from sklearn.svm import _libsvm
+
+        _libsvm.set_verbosity_wrap(0)
+
+        def solve(kernel: np.ndarray, y: np.ndarray, c: float) -> SvmSolution:
+            support, _, _, dual, intercept, *_ = _libsvm.fit(
+                kernel, y, svm_type=0, sample_weight=np.empty(0), class_weight=_class_weight(y),
+                kernel="precomputed", C=c, tol=1e-3, cache_size=200,
+            )  # fmt: skip
+            return support, -dual[0], float(-intercept[0])
+
+        rng = np.random.default_rng(20260101)
+        z = rng.normal(size=(30, 6))
+        y = (z[:, 0] + rng.normal(size=30) > 0.3).astype(np.float64)
+        kernel = np.ascontiguousarray(z @ z.T)
+        for c in (0.01, 1.0):
+            mine, public = solve(kernel, y, c), _solve_public(kernel, y, c)
+            same = np.array_equal(mine[0], public[0]) and np.allclose(mine[1], public[1], atol=1e-10)
+            if not (same and abs(mine[2] - public[2]) < 1e-10):
+                raise ValueError("libsvm binding and SVC disagree")
+        return solve
+    except Exception as err:  # any change of the private binding: fall back to the public SVC
+        LOGGER.warning("using the slower public SVC: scikit-learn's libsvm binding changed (%s)", err)
+        return None
 
 
 @dataclass(frozen=True)
@@ -99,10 +148,12 @@ class FitResult:
 
 @dataclass
 class CVResult:
-    """Out-of-fold decisions and probabilities per repeat (repeats x participants), chosen C, weights."""
+    """Out-of-fold decisions and probabilities per repeat (repeats x participants), the outer fold of
+    every participant in every repeat, chosen C, weights."""
 
     decision: np.ndarray
     probability: np.ndarray
+    fold: np.ndarray
     c_chosen: np.ndarray
     weights: list[np.ndarray] = field(default_factory=list)
 
@@ -113,6 +164,16 @@ class CVResult:
     @property
     def mean_probability(self) -> np.ndarray:
         return self.probability.mean(axis=0)
+
+    def fold_metrics(self, y: np.ndarray) -> list[dict[str, float]]:
+        """``binary_metrics`` of the decision on each outer test fold of each repeat."""
+        out = []
+        for repeat in range(self.decision.shape[0]):
+            for fold in np.unique(self.fold[repeat]):
+                members = self.fold[repeat] == fold
+                d = self.decision[repeat, members]
+                out.append(binary_metrics(y[members], d > 0, d, n_bootstrap=0))
+        return out
 
 
 def _block(classifier: str, z_train: np.ndarray, z_others: list[np.ndarray]) -> _Block:
@@ -173,6 +234,9 @@ def _class_weight(y: np.ndarray) -> np.ndarray:
     return len(y) / (2.0 * np.maximum(counts, 1))
 
 
+_SOLVE = _libsvm_solver() or _solve_public
+
+
 def fit_decisions(
     classifier: str, block: _Block, y_train: np.ndarray, c_values: tuple[float, ...]
 ) -> tuple[list[np.ndarray], list]:
@@ -198,25 +262,14 @@ def fit_decisions(
     for i in np.argsort(c_values, kind="stable"):
         c = c_values[i]
         if solved is None or solved[0]:
-            support, _, _, dual, intercept, *_ = _libsvm.fit(
-                block.train,
-                y_train,
-                svm_type=0,
-                sample_weight=np.empty(0),
-                class_weight=class_weight,
-                kernel="precomputed",
-                C=c,
-                tol=1e-3,
-                cache_size=200,
-            )
+            support, dual, intercept = _SOLVE(block.train, y_train, c)
             # no multiplier at its bound: the hard-margin solution, also optimal for every larger C
-            at_bound = np.abs(dual[0]) >= c * class_weight[y_train[support].astype(int)] * (1 - 1e-6)
+            at_bound = np.abs(dual) >= c * class_weight[y_train[support].astype(int)] * (1 - 1e-6)
             solved = (bool(at_bound.any()), support, dual, intercept)
         _, support, dual, intercept = solved
-        # scikit-learn's sign convention for two classes: positive decision -> class 1
         for out, k in zip(decisions, block.others, strict=True):
-            out[i] = -(k[:, support] @ dual[0] + intercept[0])
-        coefs[i] = (support, -dual[0])
+            out[i] = k[:, support] @ dual + intercept
+        coefs[i] = (support, dual)
     return decisions, coefs
 
 
@@ -265,6 +318,7 @@ def run_cv(
     position = {row: i for i, row in enumerate(rows)}
     decision = np.full((protocol.cv_repeats, len(rows)), np.nan)
     probability = np.full_like(decision, np.nan)
+    folds = np.full(decision.shape, -1)
     c_chosen = np.empty((protocol.cv_repeats, protocol.outer_folds))
     weights = []
     for index, item in enumerate(prepared):
@@ -273,9 +327,12 @@ def run_cv(
         columns = [position[row] for row in item.split.apply[0]]
         decision[repeat, columns] = result.decisions[0]
         probability[repeat, columns] = result.probabilities(0)
+        folds[repeat, columns] = fold
         c_chosen[repeat, fold] = protocol.c_grid[result.c_index]
         if want_weights:
             w = primal_weights(data, item.split, result, protocol.classifier)
             if w is not None:
                 weights.append(w)
-    return CVResult(decision=decision, probability=probability, c_chosen=c_chosen, weights=weights)
+    return CVResult(
+        decision=decision, probability=probability, fold=folds, c_chosen=c_chosen, weights=weights
+    )

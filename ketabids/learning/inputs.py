@@ -70,16 +70,20 @@ def load_inputs(
         for column in (columns.treatment, columns.cohort):
             if column not in participants.columns:
                 participants[column] = pd.NA
+        # a shared model is evaluated per treatment arm: ketamine -> external, saline -> control
+        treatment = participants[columns.treatment].astype("string").str.strip().str.lower()
         roles = pd.Series("apply", index=participants.index, name="evaluation")
+        roles[(treatment == cohorts.KETAMINE).fillna(False)] = cohorts.ROLE_EXTERNAL
+        roles[(treatment == cohorts.SALINE).fillna(False)] = cohorts.ROLE_CONTROL
         has_outcome = {columns.madrs_pre, columns.madrs_post} <= set(participants.columns)
         outcome = (
-            cohorts.response(participants, columns, settings.response_threshold, source)
+            cohorts.response(participants, columns, settings.threshold, source)
             if has_outcome
             else pd.Series(float("nan"), index=participants.index, name="y_true")
         )
     else:
         roles = cohorts.roles(participants, columns, settings.discovery_cohort, source)
-        outcome = cohorts.response(participants, columns, settings.response_threshold, source)
+        outcome = cohorts.response(participants, columns, settings.threshold, source)
 
     excluded: list[tuple[str, str]] = []
     regions, tissue, maps = {}, {}, {}
@@ -119,6 +123,9 @@ def load_inputs(
             "treatment": participants.loc[included, columns.treatment].str.strip().str.lower(),
             "evaluation": roles[included],
             "y_true": outcome[included],
+            "site": participants[columns.site].reindex(included)
+            if columns.site in participants.columns
+            else pd.NA,
         },
         index=pd.Index(included, name="participant_id"),
     )

@@ -9,11 +9,11 @@ METRICS = ("balanced_accuracy", "sensitivity", "specificity", "auc", "ppv", "npv
 
 
 def balanced_accuracy(y: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """BAC of predictions (last axis = participants; leading axes are batched)."""
+    """BAC of predictions (last axis = participants; leading axes of either are batched)."""
     y = np.asarray(y).astype(bool)
     y_pred = np.asarray(y_pred).astype(bool)
-    sens = (y_pred & y).sum(axis=-1) / max(y.sum(), 1)
-    spec = (~y_pred & ~y).sum(axis=-1) / max((~y).sum(), 1)
+    sens = (y_pred & y).sum(axis=-1) / np.maximum(y.sum(axis=-1), 1)
+    spec = (~y_pred & ~y).sum(axis=-1) / np.maximum((~y).sum(axis=-1), 1)
     return 0.5 * (sens + spec)
 
 

@@ -72,22 +72,52 @@ def build_pipeline(classifier: str, C: float, n_covariates: int, seed: int = 0) 
     )
 
 
-def platt_fit(decision: np.ndarray, y: np.ndarray, iterations: int = 50) -> tuple[float, float]:
-    """Platt's sigmoid p = 1 / (1 + exp(-(a d + b))) fitted by Newton's method on smoothed targets."""
+def platt_fit(decision: np.ndarray, y: np.ndarray, max_iter: int = 100) -> tuple[float, float]:
+    """Platt's sigmoid p = 1 / (1 + exp(-(a d + b))) with the safeguards of Lin, Lin & Weng (2007).
+
+    Minimises the cross-entropy against Platt's smoothed targets by Newton's method with a
+    backtracking line search, starting from a = 0 and the prior log-odds, on decision values
+    scaled to unit spread (so any decision scale converges). The slope is constrained to a >= 0,
+    so that probabilities never run against the decision values: when the unconstrained optimum
+    has a < 0 (decisions anti-correlated with the outcome), the constrained optimum is a = 0 and
+    b = the log-odds of the mean target. Only one class, or constant decisions, give a = 0.
+    """
     decision, y = np.asarray(decision, float), np.asarray(y).astype(bool)
-    n_pos, n_neg = y.sum(), (~y).sum()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
     target = np.where(y, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    a, b = 1.0, float(np.log((n_pos + 1) / (n_neg + 1)))
-    for _ in range(iterations):
-        p = expit(a * decision + b)
-        g = np.array([np.sum((p - target) * decision), np.sum(p - target)])
-        w = p * (1 - p) + 1e-12
-        h = np.array([[np.sum(w * decision**2), np.sum(w * decision)], [np.sum(w * decision), np.sum(w)]])
-        step = np.linalg.solve(h + 1e-9 * np.eye(2), g)
-        a, b = a - step[0], b - step[1]
-        if np.abs(step).max() < 1e-10:
+    prior = float(np.log((n_pos + 1) / (n_neg + 1)))
+    spread = float(decision.std()) if decision.size else 0.0
+    if n_pos == 0 or n_neg == 0 or not np.isfinite(spread) or spread == 0:
+        return 0.0, prior
+    d = decision / spread
+
+    def loss(a: float, b: float) -> float:
+        z = a * d + b
+        return float(np.sum(np.logaddexp(0, z) - target * z))
+
+    a, b, value = 0.0, prior, loss(0.0, prior)
+    for _ in range(max_iter):
+        p = expit(a * d + b)
+        gradient = np.array([np.sum((p - target) * d), np.sum(p - target)])
+        if np.abs(gradient).max() < 1e-8:
             break
-    return float(a), float(b)
+        w = p * (1 - p)
+        hessian = np.array([[np.sum(w * d * d), np.sum(w * d)], [np.sum(w * d), np.sum(w)]])
+        step = np.linalg.solve(hessian + 1e-12 * np.eye(2), gradient)
+        size = 1.0
+        while size >= 1e-10:  # backtracking: Armijo condition
+            new_a, new_b = a - size * step[0], b - size * step[1]
+            new_value = loss(new_a, new_b)
+            if new_value < value + 1e-4 * size * float(gradient @ -step):
+                break
+            size /= 2
+        else:
+            break  # no decrease along the Newton direction: converged to machine precision
+        a, b, value = new_a, new_b, new_value
+    if a < 0:
+        mean = target.mean()
+        return 0.0, float(np.log(mean / (1 - mean)))
+    return float(a / spread), float(b)
 
 
 def platt_apply(decision: np.ndarray, a: float, b: float) -> np.ndarray:

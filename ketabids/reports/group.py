@@ -27,7 +27,9 @@ from ketabids.reports.methods import REFERENCES, software_versions
 from ketabids.settings import GroupSettings
 
 _TEMPLATE = Path(__file__).with_name("group.html")
-_METRIC_COLUMNS = ("n", "balanced_accuracy", "sensitivity", "specificity", "auc", "ppv", "npv", "p_value")
+_METRIC_COLUMNS = (
+    "n", "balanced_accuracy", "sensitivity", "specificity", "auc", "ppv", "npv", "p_value", "auc_p_value",
+)  # fmt: skip
 _CLASSIFIER_TEXT = {
     "svm-linear": "linear support vector classifier",
     "svm-rbf": "support vector classifier with a radial basis function kernel",
@@ -37,7 +39,8 @@ _SET_LABELS = {
     "cv": "discovery, nested CV",
     "external": "external validation (pooled)",
     "control": "saline control",
-    "apply": "applied model",
+    "apply": "no treatment arm",
+    "specificity": "ketamine minus saline (difference)",
 }
 
 
@@ -97,7 +100,7 @@ def _curves(predictions: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.Da
     sets = {}
     for name in metrics["evaluation"]:
         kind, _, cohort = name.partition(":")
-        part = known[known["evaluation"] == kind] if kind != "apply" else known
+        part = known[known["evaluation"] == kind]
         if cohort:
             part = part[part["cohort"] == cohort]
         if len(part):
@@ -161,11 +164,13 @@ def _calibration_figure(sets: dict[str, pd.DataFrame], n_bins: int = 5) -> str:
 
 
 def _null_figures(null: pd.DataFrame, metrics: pd.DataFrame) -> list[dict]:
+    """Histograms of the retrained nulls: CV (its p-values) and external/control (``*_retrained``)."""
     figures = []
     if null.empty:
         return figures
     for record in metrics.to_dict("records"):
         name = record["evaluation"]
+        suffix = "" if name == "cv" else "_retrained"
         for stat, label, p_column in (
             ("balanced_accuracy", "balanced accuracy", "p_value"),
             ("auc", "AUC", "auc_p_value"),
@@ -174,26 +179,77 @@ def _null_figures(null: pd.DataFrame, metrics: pd.DataFrame) -> list[dict]:
             observed = record.get(stat)
             if key not in null or observed is None or not np.isfinite(observed):
                 continue
-            p_value = record.get(p_column)
+            p_value = record.get(p_column + suffix)
             uri = null_distribution_figure(
                 null[key].dropna().to_numpy(), float(observed), label=label,
                 p_value=float(p_value) if p_value is not None and np.isfinite(p_value) else None,
             )  # fmt: skip
-            figures.append({"title": f"{_label(name)}: {label}", "uri": uri})
+            title = f"{_label(name)}: {label}" + (
+                " (null: model retrained on permuted discovery labels)" if suffix else ""
+            )
+            figures.append({"title": title, "uri": uri})
     return figures
+
+
+def _specificity_figure(metrics: pd.DataFrame) -> str | None:
+    """BAC and AUC of the ketamine external and saline control sets with intervals, and the test."""
+    table = metrics.set_index("evaluation")
+    if not {"external", "control", "specificity"} <= set(table.index):
+        return None
+    test = table.loc["specificity"]
+    fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
+    try:
+        for ax, (stat, label, p_column) in zip(
+            axes,
+            (("balanced_accuracy", "balanced accuracy", "p_value"), ("auc", "AUC", "auc_p_value")),
+            strict=True,
+        ):
+            values = [table.loc[n, stat] for n in ("external", "control")]
+            low = [table.loc[n, f"{stat}_ci_low"] for n in ("external", "control")]
+            high = [table.loc[n, f"{stat}_ci_high"] for n in ("external", "control")]
+            errors = np.abs(np.array([np.subtract(values, low), np.subtract(high, values)]))
+            ax.bar([0, 1], values, yerr=errors, color=["#d32f2f", "#90a4ae"], capsize=4)
+            ax.axhline(0.5, color="0.4", linestyle="--", linewidth=1)
+            ax.set(xticks=[0, 1], xticklabels=["ketamine\n(external)", "saline\n(control)"], ylim=(0, 1))
+            ax.set_ylabel(label)
+            ax.set_title(
+                f"difference {test[stat]:+.3f} [{test[f'{stat}_ci_low']:+.2f}, {test[f'{stat}_ci_high']:+.2f}]"
+                f"\npermutation p = {test[p_column]:.3g}",
+                fontsize=8,
+            )
+        fig.tight_layout()
+    except BaseException:
+        plt.close(fig)
+        raise
+    return figure_to_data_uri(fig)
+
+
+_INFERENCE_TEXT = (
+    "External and control sets were tested against the usual null for a frozen model: the final "
+    "model's predictions were kept and each set's outcome labels were permuted ({n} permutations, "
+    "balanced accuracy); the AUC, computed from the decision values, was tested with the one-sided "
+    "Mann-Whitney U test. Treatment specificity was tested as the difference in balanced accuracy and "
+    "AUC between the ketamine external set and the saline control set, with 95 % intervals from a "
+    "bootstrap resampling each set and a permutation p-value from shuffling the treatment labels "
+    "across the two sets ({n} permutations). Probabilities are Platt-scaled decision values (slope "
+    "constrained to be non-negative); predictions are decision > 0."
+)
 
 
 def _methods(settings: GroupSettings, result: dict) -> tuple[str, list]:
     bryant = REFERENCES["bryant2026"]
     card = result["card"]
     protocol = card.get("protocol", {})
+    inference = _INFERENCE_TEXT.format(n=settings.n_permutations)
     if result["mode"] == "apply":
         text = (
             f"A model trained elsewhere ({card.get('classifier')}, {card.get('features')} features on the "
             f"{card.get('atlas')} atlas, trained on {card.get('training', {}).get('n')} participants) was "
             "applied to this dataset after checking that its features and covariates match; its file was "
             "verified against the SHA-256 recorded in its model card and loaded with an allowlist of object "
-            "types. The approach follows Bryant et al. [1]."
+            f"types. Response was defined with the model's threshold ({result.get('response_threshold')}). "
+            "Ketamine-treated participants form the external sets (pooled and per cohort), saline-treated "
+            f"ones the control set. {inference} The approach follows Bryant et al. [1]."
         )
         return text, [bryant]
     covariates = ", ".join(c.upper() if c == "tiv" else c for c in card.get("covariates", [])) or "none"
@@ -203,21 +259,28 @@ def _methods(settings: GroupSettings, result: dict) -> tuple[str, list]:
         if card.get("features") == "roi"
         else "Jacobian-modulated GM maps in template space averaged over 4 mm blocks inside a GM mask"
     )
+    within_site = str(result["metrics"].set_index("evaluation").get("null", pd.Series()).get("cv", ""))
+    blocks = " within each discovery site (exchangeability blocks)" if "within site" in within_site else ""
     text = (
         f"Following Bryant et al. [1], ketamine response (a MADRS reduction of at least "
-        f"{100 * settings.response_threshold:.0f} % 24 h after infusion) was predicted from {features}. "
+        f"{100 * settings.threshold:.0f} % 24 h after infusion) was predicted from {features}. "
         f"Covariates ({covariates}) were regressed out of every feature and the features were standardised "
-        f"with coefficients estimated on the training folds only, inside a scikit-learn pipeline, before a "
+        "with coefficients estimated on the training rows of every inner and outer fold only (in ketabids' "
+        "numpy cross-validation engine, which computes each fold's kernel once; the saved model is a "
+        "scikit-learn pipeline doing the same), before a "
         f"{_CLASSIFIER_TEXT.get(card.get('classifier'), card.get('classifier'))} with class-balanced weights. The discovery cohort was "
         f"evaluated by {protocol.get('cv_repeats')} repeats of {protocol.get('outer_folds')}-fold stratified "
         f"nested cross-validation; C was chosen from {list(protocol.get('c_grid', []))} by "
         f"{protocol.get('inner_folds')}-fold inner cross-validation maximising balanced accuracy, and "
-        "out-of-fold probabilities (Platt scaling fitted on inner-fold decision values) were averaged over "
-        "repeats. The final model, tuned the same way on the whole discovery cohort, was applied to the "
-        "external ketamine cohorts and to the saline-treated control cohort. Significance was assessed with "
-        f"{settings.n_permutations} permutations in which the discovery labels were shuffled and the whole "
-        "procedure (nested cross-validation and final model) was rerun; the permuted final models gave the "
-        "null distributions of the external and control sets. Intervals are 95 % percentile bootstrap "
+        "out-of-fold decision values were averaged over repeats (metrics and AUC are computed from them). "
+        "Cross-validation intervals use the corrected resampled t of Nadeau and Bengio over the outer "
+        "folds of all repeats (out-of-fold predictions are not independent), centred at the estimate. "
+        "The final model, tuned the same way on the whole discovery cohort, was applied to the "
+        "external ketamine cohorts and to the saline-treated control cohort. Cross-validation "
+        f"significance was assessed with {settings.n_permutations} permutations in which the discovery "
+        f"labels were shuffled{blocks} and the whole procedure was rerun; the permuted final models also give "
+        "a second, 'retrained' null for the external and control sets (columns *_retrained). "
+        f"{inference} Intervals of the external and control sets are 95 % percentile bootstrap "
         "intervals over participants."
     )
     return text, [bryant]
@@ -230,10 +293,7 @@ def write_group_report(
     predictions, metrics, weights = result["predictions"], result["metrics"], result["weights"]
     sets = _curves(predictions, metrics)
     roc = roc_figure(
-        {
-            _label(n): (p["y_true"].astype(int).to_numpy(), p["probability"].to_numpy())
-            for n, p in sets.items()
-        }
+        {_label(n): (p["y_true"].astype(int).to_numpy(), p["decision"].to_numpy()) for n, p in sets.items()}
     )
     column = "weight" if weights["weight"].notna().any() else "pattern"
     top = weights.dropna(subset=[column]).head(20)
@@ -249,6 +309,13 @@ def write_group_report(
         "confusion": _confusion_figure(sets) if sets else None,
         "calibration": _calibration_figure(sets) if sets else None,
         "nulls": _null_figures(result["null"], metrics),
+        "specificity": _specificity_figure(metrics),
+        "notes": result.get("notes", []),
+        "null_rows": [
+            {"name": _label(r["evaluation"]), "null": r["null"]}
+            for r in metrics.to_dict("records")
+            if isinstance(r.get("null"), str)
+        ],
         "weight_bars": weight_bars(dict(zip(top["feature"], top[column], strict=True)), xlabel=column),
         "weight_map": stat_mosaic(weight_map, colorbar_label=f"{column} (red: response)")
         if weight_map

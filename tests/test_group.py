@@ -417,3 +417,21 @@ def test_voxel_features_learn_the_simulated_pattern(tmp_path):
     assert card["features"] == "voxel" and len(card["feature_names"]) == int(
         np.count_nonzero(weights.get_fdata())
     )
+
+
+def test_logistic_end_to_end_gives_graded_probabilities(tmp_path):
+    """The logistic classifier once made Platt diverge (probabilities a 0/1 step); now they are graded."""
+    settings = replace(
+        _dataset(tmp_path, seed=6, n_discovery=60, n_external=(20,), n_saline=20, effect_size=2.5),
+        classifier="logistic", cv_repeats=1, n_permutations=9,
+    )  # fmt: skip
+    run_group_level(settings)
+    predictions = _read(settings, "predictions.tsv")
+    assert (predictions["y_pred"] == (predictions["decision"] > 0)).all()
+    held = predictions[predictions["evaluation"] != "cv"].sort_values("decision")
+    assert held["probability"].is_monotonic_increasing
+    assert held["probability"].between(0.02, 0.98).mean() > 0.8 and held["probability"].nunique() > 30
+    card = json.loads((settings.output_dir / "group" / "model.json").read_text())
+    assert 0 <= card["platt"]["a"] * held["decision"].std() < 20
+    metrics = _read(settings, "metrics.tsv").set_index("evaluation")
+    assert metrics.loc["cv", "auc"] > 0.6 and metrics.loc["external", "auc"] > 0.6

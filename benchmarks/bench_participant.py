@@ -1,152 +1,352 @@
-"""Accuracy and speed of the participant level on 1 mm whole-head phantoms with known truth.
+"""Regional GM accuracy, reproducibility and cost of the participant level on independent phantoms.
 
-Subjects: A (anatomy 1), A's rescan (new pose, FOV, noise, bias), A with a 10 % GM loss in one
-region (``--region``), and B, C (other anatomies). Prints per subject: brain-mask Dice, GM Dice,
-regional r with truth, wall time and peak memory; then the recovered loss and scan-rescan
-agreement. Each subject runs in its own process (Linear plugin, ``--threads`` ITK threads).
+The phantoms (``ketabids.simulate.phantom``) are built from FSL's MNI152NLin6Asym brain with tissue
+fractions from its own intensities and the atlas in its original space, so the instrument (its
+MNI152NLin2009aSym template, priors and template-space atlas) cannot pass by construction.
 
-    python benchmarks/bench_participant.py --work /tmp/bench [--voxel 1.0] [--threads 2]
+Cohort: ``--n-phantoms`` distinct anatomies ``P01..`` (random shape, head size, cortical
+thickness, ventricles, contrast, pose, FOV, bias, noise), plus ``P01rescan`` (same anatomy, new
+acquisition) and ``P01loss`` (P01's anatomy and acquisition with 10 % GM losses injected in a
+large cortical region, the hippocampus and a cerebellar region). Each subject runs the real
+participant level (``run_participant_level``) in its own process; results stream to
+``WORK/subjects.tsv`` and ``WORK/regional.tsv`` as each subject finishes, finished subjects are
+skipped on a rerun, and the summary (each number next to its target, with n) is printed from
+those files, so a partial run still reports.
+
+    python benchmarks/bench_participant.py --work /tmp/bench --n-phantoms 20 --voxel 1.0 --jobs 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 from nibabel.processing import resample_from_to
+from scipy import ndimage
 
-SUBJECTS = {  # label: (anatomy_seed, acquisition_seed, regional loss?)
-    "A": (1, 11, False),
-    "Aloss": (1, 13, True),
-    "Arescan": (1, 12, False),
-    "B": (2, 21, False),
-    "C": (3, 31, False),
+LOSS = -0.10
+REGIONS = {  # atlas: injected-loss regions (large cortical, hippocampus, cerebellar)
+    "neuromorphometrics": ["Left_MFG_middle_frontal_gyrus", "Left_Hippocampus", "Right_Cerebellum_Exterior"],
+    "harvard_oxford": ["Left_Middle_Frontal_Gyrus", "Left_Hippocampus"],  # HO has no cerebellum
 }
+FAR_MM = 20.0  # regions farther than this from every injected region must not change
+MIN_REGION_MM3 = 100.0  # regions smaller than this (in truth) are left out of the statistics
+SUBJECT_COLUMNS = [
+    "label", "anatomy_seed", "acquisition_seed", "head_scale", "injected_loss", "simulate_s", "wall_s", "ok",
+    "peak_gb", "mask_dice", "gm_dice", "tiv_true_mm3", "tiv_measured_mm3", "gm_true_mm3", "gm_measured_mm3",
+]  # fmt: skip
+_LOCK = threading.Lock()
 
 RUN_ONE = """
-import sys
+import json, resource, sys
 from pathlib import Path
 from ketabids.bids import T1wInput
 from ketabids.participant import run_participant_level
 from ketabids.settings import ParticipantSettings
-bids, out, work, label, threads = sys.argv[1:6]
+bids, out, work, label, threads, atlas, stats = sys.argv[1:8]
 path = Path(bids) / f"sub-{label}" / "anat" / f"sub-{label}_T1w.nii.gz"
 settings = ParticipantSettings(bids_dir=Path(bids), output_dir=Path(out), work_dir=Path(work),
-    participant_labels=(label,), nprocs=1, omp_nthreads=int(threads))
+    participant_labels=(label,), nprocs=1, omp_nthreads=int(threads), atlas=atlas)
 failures = run_participant_level(settings, [T1wInput(label, None, path, (path,))])
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+Path(stats).write_text(json.dumps({"peak_gb": peak / 1024**2}))
 sys.exit(1 if failures else 0)
 """
+
+
+def cohort(n_phantoms: int) -> dict[str, tuple[int, int, float, bool]]:
+    """Subjects in run order: label -> (anatomy seed, acquisition seed, head scale, injected loss?)."""
+    rng = np.random.default_rng(2026)
+    scales = rng.uniform(0.86, 1.0, n_phantoms)
+    subjects = {"P01": (1, 101, float(scales[0]), False)}
+    subjects["P01loss"] = (1, 101, float(scales[0]), True)
+    subjects["P01rescan"] = (1, 102, float(scales[0]), False)
+    for i in range(2, n_phantoms + 1):
+        subjects[f"P{i:02d}"] = (i, 100 * i + 1, float(scales[i - 1]), False)
+    return subjects
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / max(a.sum() + b.sum(), 1))
 
 
-def make_dataset(bids: Path, voxel: float, region: str, labels: list[str]) -> dict:
-    from ketabids.simulate.phantom import make_phantom
+def evaluate(phantom, anat: Path, atlas: str) -> tuple[dict, pd.DataFrame]:
+    """Per-subject numbers and the regional table (truth vs measured) of one finished subject."""
 
-    bids.mkdir(parents=True, exist_ok=True)
-    (bids / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
-    phantoms = {}
-    for label in labels:
-        anatomy, acquisition, loss = SUBJECTS[label]
-        phantom = make_phantom(
-            anatomy_seed=anatomy,
-            acquisition_seed=acquisition,
-            voxel_size=(voxel,) * 3,
-            regional_change={region: -0.10} if loss else None,
-        )
-        folder = bids / f"sub-{label}" / "anat"
-        folder.mkdir(parents=True, exist_ok=True)
-        phantom.t1w.to_filename(folder / f"sub-{label}_T1w.nii.gz")
-        phantoms[label] = phantom
-    return phantoms
-
-
-def evaluate(phantom, anat: Path) -> dict:
     def load(pattern: str) -> nib.Nifti1Image:
-        return nib.load(next(anat.glob(pattern)))
+        return nib.load(next(p for p in sorted(anat.glob(pattern)) if "_seg-" not in p.name))
 
-    mask = load("*desc-brain_mask.nii.gz")
-    gm = load("*label-GM_probseg.nii.gz")
-    dseg = load("*_dseg.nii.gz").get_fdata()
+    mask, gm = load("*desc-brain_mask.nii.gz"), load("*label-GM_probseg.nii.gz")
+    dseg = np.asarray(load("*_dseg.nii.gz").dataobj)
     truth_mask = resample_from_to(phantom.brain_mask, mask, order=1).get_fdata() >= 0.5
     tissues = np.stack(
         [resample_from_to(getattr(phantom, t), gm, order=1).get_fdata() for t in ("gm", "wm", "csf")]
     )
     truth_gm = (tissues.argmax(0) == 0) & (tissues.sum(0) >= 0.5)
-    regional = pd.read_csv(next(anat.glob("*_seg-*_morph.tsv")), sep="\t")
-    merged = phantom.regional_gm.merge(regional, on="index", suffixes=("_true", "_est"))
-    return {
+    tissue = pd.read_csv(next(anat.glob("*_desc-tissue_morph.tsv")), sep="\t").iloc[0]
+    measured = pd.read_csv(next(anat.glob(f"*_seg-{atlas}_morph.tsv")), sep="\t")
+    regional = phantom.regional_gm.merge(
+        measured[["index", "gm_volume_mm3"]], on="index", suffixes=("", "_est")
+    )
+    regional = regional.rename(columns={"gm_volume_mm3": "true_mm3", "gm_volume_mm3_est": "measured_mm3"})
+    row = {
         "mask_dice": dice(truth_mask, mask.get_fdata() > 0),
         "gm_dice": dice(truth_gm, dseg == 1),
-        "regional_r": float(np.corrcoef(merged["gm_volume_mm3_true"], merged["gm_volume_mm3_est"])[0, 1]),
-        "regional": merged.set_index("name_true")[["gm_volume_mm3_true", "gm_volume_mm3_est"]],
+        "tiv_true_mm3": phantom.tiv_mm3,
+        "tiv_measured_mm3": float(tissue["tiv_mm3"]),
+        "gm_true_mm3": float(phantom.tissue_volumes["gm_volume_mm3"].iloc[0]),
+        "gm_measured_mm3": float(tissue["gm_volume_mm3"]),
     }
+    return row, regional
+
+
+def far_regions(phantom, names: list[str]) -> list[str]:
+    """GM regions whose truth labels lie farther than FAR_MM from every injected region."""
+    labels = np.asarray(phantom.labels.dataobj)
+    table = phantom.regional_gm
+    injected = np.isin(labels, table.loc[table["name"].isin(names), "index"].to_numpy())
+    spacing = phantom.labels.header.get_zooms()[:3]
+    distance = ndimage.distance_transform_edt(~injected, sampling=spacing)
+    nearest = ndimage.minimum(distance, labels, table["index"].to_numpy())
+    return [n for n, d in zip(table["name"], nearest, strict=True) if d > FAR_MM]
+
+
+def append_tsv(path: Path, frame: pd.DataFrame) -> None:
+    with _LOCK:
+        frame.to_csv(path, sep="\t", index=False, mode="a", header=not path.is_file())
+
+
+def run_subject(label: str, spec: tuple, args: argparse.Namespace, done: set[str]) -> str:
+    from ketabids.simulate.phantom import make_phantom
+
+    if label in done:
+        return f"sub-{label}: done before"
+    anatomy, acquisition, scale, loss = spec
+    regions = REGIONS[args.atlas]
+    start = time.time()
+    phantom = make_phantom(
+        atlas=args.atlas,
+        anatomy_seed=anatomy,
+        acquisition_seed=acquisition,
+        head_scale=scale,
+        voxel_size=(args.voxel,) * 3,
+        regional_change=dict.fromkeys(regions, LOSS) if loss else None,
+    )
+    simulate_s = time.time() - start
+    bids = args.work / "bids"
+    folder = bids / f"sub-{label}" / "anat"
+    folder.mkdir(parents=True, exist_ok=True)
+    phantom.t1w.to_filename(folder / f"sub-{label}_T1w.nii.gz")
+    stats = args.work / f"stats-{label}.json"
+    out, work = args.work / "out", args.work / "work"
+    cmd = [sys.executable, "-c", RUN_ONE, str(bids), str(out), str(work), label, str(args.threads)]
+    start = time.time()
+    status = subprocess.run([*cmd, args.atlas, str(stats)], capture_output=True, text=True, check=False)
+    wall = time.time() - start
+    row = {"label": label, "anatomy_seed": anatomy, "acquisition_seed": acquisition, "head_scale": scale}
+    row.update(injected_loss=loss, simulate_s=simulate_s, wall_s=wall, ok=status.returncode == 0)
+    if status.returncode != 0:
+        append_tsv(args.work / "subjects.tsv", pd.DataFrame([row]).reindex(columns=SUBJECT_COLUMNS))
+        return f"sub-{label}: FAILED\n{status.stderr[-2000:]}"
+    row.update(json.loads(stats.read_text()))
+    numbers, regional = evaluate(phantom, out / f"sub-{label}" / "anat", args.atlas)
+    row.update(numbers)
+    if label == "P01":
+        far = pd.DataFrame({"name": far_regions(phantom, regions)})
+        far.to_csv(args.work / "far_regions.tsv", sep="\t", index=False)
+    append_tsv(args.work / "regional.tsv", regional.assign(label=label))
+    append_tsv(args.work / "subjects.tsv", pd.DataFrame([row]).reindex(columns=SUBJECT_COLUMNS))
+    return (
+        f"sub-{label}: mask Dice {row['mask_dice']:.3f}  GM Dice {row['gm_dice']:.3f}  TIV error "
+        f"{100 * (row['tiv_measured_mm3'] / row['tiv_true_mm3'] - 1):+.1f} %  wall {wall:.0f} s  "
+        f"peak {row['peak_gb']:.2f} GB"
+    )
+
+
+def _line(name: str, value: float, target: str, met: bool | None, n: int | str) -> str:
+    verdict = "" if met is None else ("met" if met else "NOT met")
+    return f"{name:<52} {value:>9.3f}   target {target:<16} {verdict:<8} n={n}"
+
+
+def summarize(work: Path, atlas: str) -> None:
+    """Print every number next to its target, from the streamed TSVs."""
+    subjects = pd.read_csv(work / "subjects.tsv", sep="\t")
+    ok = subjects[subjects["ok"]].set_index("label")
+    regional = pd.read_csv(work / "regional.tsv", sep="\t")
+    true = regional.pivot(index="name", columns="label", values="true_mm3")
+    measured = regional.pivot(index="name", columns="label", values="measured_mm3")
+    distinct = [c for c in true.columns if c.startswith("P") and c[1:].isdigit()]
+    lines = [f"atlas {atlas}; {len(ok)} subjects finished ({len(distinct)} distinct anatomies)"]
+    big = true[distinct].min(axis=1) >= MIN_REGION_MM3
+    if len(distinct) >= 3:
+        r = pd.Series(
+            {
+                name: np.corrcoef(true.loc[name, distinct], measured.loc[name, distinct])[0, 1]
+                for name in true.index[big]
+            }
+        )
+        lines.append(
+            _line(
+                "per-region r across phantoms, median",
+                r.median(),
+                ">= 0.90",
+                r.median() >= 0.9,
+                len(distinct),
+            )
+        )
+        lines.append(
+            _line(
+                "per-region r across phantoms, worst decile (10th pct)",
+                r.quantile(0.1),
+                "(report)",
+                None,
+                len(distinct),
+            )
+        )
+        relative = (measured.loc[big, distinct] / true.loc[big, distinct] - 1).mean(axis=1)
+        lines.append(
+            _line(
+                "regional bias (measured/true - 1), median over regions",
+                relative.median(),
+                "(report)",
+                None,
+                len(distinct),
+            )
+        )
+        lines.append(
+            _line(
+                "regional |bias|, median over regions",
+                relative.abs().median(),
+                "(report)",
+                None,
+                len(distinct),
+            )
+        )
+        r.sort_values().to_csv(work / "region_r.tsv", sep="\t", header=["r"])
+    if {"P01", "P01loss"} <= set(true.columns):
+        for name in REGIONS[atlas]:
+            true_change = true.loc[name, "P01loss"] / true.loc[name, "P01"] - 1
+            est_change = measured.loc[name, "P01loss"] / measured.loc[name, "P01"] - 1
+            recovery = est_change / true_change
+            lines.append(
+                _line(
+                    f"recovery {name} (true {100 * true_change:.1f} %)",
+                    recovery,
+                    "1.0 +- 0.3",
+                    abs(recovery - 1) <= 0.3,
+                    1,
+                )
+            )
+        far = pd.read_csv(work / "far_regions.tsv", sep="\t")["name"]
+        far = [n for n in far if big.get(n, False)]
+        change = (measured.loc[far, "P01loss"] / measured.loc[far, "P01"] - 1).abs()
+        lines.append(
+            _line(
+                f"far regions (> {FAR_MM:.0f} mm): median |change|",
+                change.median(),
+                "<= 0.02",
+                change.median() <= 0.02,
+                len(far),
+            )
+        )
+        lines.append(
+            _line(
+                "far regions: 95th percentile |change|",
+                change.quantile(0.95),
+                "<= 0.02",
+                change.quantile(0.95) <= 0.02,
+                len(far),
+            )
+        )
+    if {"P01", "P01rescan"} <= set(measured.columns):
+        a, b = measured.loc[big, "P01"], measured.loc[big, "P01rescan"]
+        diff = (2 * (a - b).abs() / (a + b)).median()
+        lines.append(
+            _line(
+                "scan-rescan median |regional GM difference|", diff, "<= 0.02", diff <= 0.02, int(big.sum())
+            )
+        )
+    if len(ok):
+        tiv = (ok["tiv_measured_mm3"] / ok["tiv_true_mm3"] - 1).abs()
+        lines.append(_line("TIV |error|, median", tiv.median(), "<= 0.02", tiv.median() <= 0.02, len(ok)))
+        lines.append(_line("TIV |error|, max", tiv.max(), "<= 0.02", tiv.max() <= 0.02, len(ok)))
+        lines.append(
+            _line(
+                "brain-mask Dice, min",
+                ok["mask_dice"].min(),
+                ">= 0.95",
+                ok["mask_dice"].min() >= 0.95,
+                len(ok),
+            )
+        )
+        lines.append(
+            _line("GM Dice, min", ok["gm_dice"].min(), ">= 0.90", ok["gm_dice"].min() >= 0.9, len(ok))
+        )
+        lines.append(
+            _line(
+                "wall time per subject (s), median",
+                ok["wall_s"].median(),
+                "<= 180",
+                ok["wall_s"].median() <= 180,
+                len(ok),
+            )
+        )
+        lines.append(
+            _line(
+                "wall time per subject (s), max",
+                ok["wall_s"].max(),
+                "<= 180",
+                ok["wall_s"].max() <= 180,
+                len(ok),
+            )
+        )
+        lines.append(
+            _line(
+                "peak memory per subject (GB), max",
+                ok["peak_gb"].max(),
+                "<= 4",
+                ok["peak_gb"].max() <= 4,
+                len(ok),
+            )
+        )
+    failed = subjects.loc[~subjects["ok"], "label"].tolist()
+    if failed:
+        lines.append(f"FAILED subjects: {', '.join(failed)}")
+    print("\n".join(lines), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, required=True)
-    parser.add_argument("--voxel", type=float, default=1.0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--region", default="Left_MFG_middle_frontal_gyrus")
-    parser.add_argument("--subjects", nargs="+", choices=list(SUBJECTS), default=list(SUBJECTS))
+    parser.add_argument("--work", type=Path, required=True, help="work folder (results stream to TSVs here)")
+    parser.add_argument("--n-phantoms", type=int, default=20, help="distinct anatomies (>= 20 for the bar)")
+    parser.add_argument("--voxel", type=float, default=1.0, help="isotropic voxel size (mm)")
+    parser.add_argument("--jobs", type=int, default=1, help="subjects run at the same time")
+    parser.add_argument("--threads", type=int, default=2, help="ITK/OMP threads per subject")
+    parser.add_argument("--atlas", choices=list(REGIONS), default="neuromorphometrics")
+    parser.add_argument("--summary-only", action="store_true", help="print the summary of a (partial) run")
     args = parser.parse_args()
-    bids, out, work = args.work / "bids", args.work / "out", args.work / "work"
-    phantoms = make_dataset(bids, args.voxel, args.region, args.subjects)
-    results = {}
-    for label in args.subjects:
-        start = time.time()
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cmd = [sys.executable, "-c", RUN_ONE, str(bids), str(out), str(work), label, str(args.threads)]
-        status = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        wall = time.time() - start
-        if status.returncode != 0:
-            print(f"sub-{label}: FAILED\n{status.stderr[-2000:]}")
-            continue
-        result = evaluate(phantoms[label], out / f"sub-{label}" / "anat")
-        result.update(
-            wall_s=wall, cpu_s=(after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
-        )
-        result["peak_gb"] = after.ru_maxrss / 1024**2
-        results[label] = result
-        print(
-            f"sub-{label}: mask Dice {result['mask_dice']:.3f}  GM Dice {result['gm_dice']:.3f}  "
-            f"regional r {result['regional_r']:.3f}  wall {wall:.0f} s  CPU {result['cpu_s']:.0f} s  "
-            f"peak RSS (max over runs so far) {result['peak_gb']:.2f} GB",
-            flush=True,
-        )
-    if {"A", "Aloss"} <= set(results):
-        base, loss = results["A"]["regional"], results["Aloss"]["regional"]
-        true_change = (
-            loss.loc[args.region, "gm_volume_mm3_true"] / base.loc[args.region, "gm_volume_mm3_true"] - 1
-        )
-        est_change = (
-            loss.loc[args.region, "gm_volume_mm3_est"] / base.loc[args.region, "gm_volume_mm3_est"] - 1
-        )
-        print(
-            f"injected loss in {args.region}: truth {100 * true_change:.1f} %, measured {100 * est_change:.1f} %"
-        )
-    if {"A", "Arescan"} <= set(results):
-        a, b = (
-            results["A"]["regional"]["gm_volume_mm3_est"],
-            results["Arescan"]["regional"]["gm_volume_mm3_est"],
-        )
-        keep = (a + b) / 2 > 100
-        diff = (200 * (a - b).abs() / (a + b))[keep]
-        print(
-            f"scan-rescan: median absolute regional GM difference {diff.median():.2f} % ({keep.sum()} regions)"
-        )
+    args.work.mkdir(parents=True, exist_ok=True)
+    bids = args.work / "bids"
+    bids.mkdir(exist_ok=True)
+    (bids / "dataset_description.json").write_text(json.dumps({"Name": "bench", "BIDSVersion": "1.10.0"}))
+    if not args.summary_only:
+        done_file = args.work / "subjects.tsv"
+        done = set(pd.read_csv(done_file, sep="\t").query("ok")["label"]) if done_file.is_file() else set()
+        subjects = cohort(args.n_phantoms)
+        with ThreadPoolExecutor(args.jobs) as pool:
+            futures = [pool.submit(run_subject, label, spec, args, done) for label, spec in subjects.items()]
+            for future in futures:
+                print(future.result(), flush=True)
+    summarize(args.work, args.atlas)
 
 
 if __name__ == "__main__":

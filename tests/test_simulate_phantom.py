@@ -1,4 +1,5 @@
-"""Truth checks of the whole-head phantom (4 mm voxels to stay fast)."""
+"""Truth checks of the whole-head phantom (4 mm voxels to stay fast), and its independence from the
+instrument's template and tissue priors."""
 
 from __future__ import annotations
 
@@ -6,8 +7,10 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from nibabel.processing import resample_to_output
 
-from ketabids.simulate.phantom import make_phantom
+from ketabids.data.templates import load_template
+from ketabids.simulate.phantom import class_means, make_phantom, partial_volume_fractions
 
 VOXEL = (4.0, 4.0, 4.0)
 GROW, SHRINK = "Left_MFG_middle_frontal_gyrus", "Right_Cerebellum_Exterior"
@@ -78,7 +81,7 @@ def test_tiv_follows_head_scale_cubed():
     small = make_phantom(voxel_size=VOXEL, head_scale=0.9, anatomy_seed=5, acquisition_seed=5)
     large = make_phantom(voxel_size=VOXEL, head_scale=1.1, anatomy_seed=5, acquisition_seed=5)
     assert large.tiv_mm3 / small.tiv_mm3 == pytest.approx((1.1 / 0.9) ** 3, rel=0.01)
-    assert 1.3e6 < small.tiv_mm3 < 1.5e6  # MNI152 ICV (1.88 L) x 0.9^3
+    assert 1.3e6 < small.tiv_mm3 < 1.5e6  # source ICV (1.95 L) x 0.9^3
 
 
 def test_scan_looks_like_a_whole_head_t1w(base):
@@ -106,3 +109,83 @@ def test_acquisitions_differ_in_field_of_view_and_orientation():
 def test_unknown_region_is_refused():
     with pytest.raises(ValueError, match="not a grey-matter region"):
         make_phantom(voxel_size=VOXEL, regional_change={"Left_Lateral_Ventricle": 0.1})
+
+
+def test_tissue_fractions_are_fractions(base):
+    gm, wm, csf = (getattr(base, t).get_fdata() for t in ("gm", "wm", "csf"))
+    assert min(gm.min(), wm.min(), csf.min()) >= 0
+    assert (gm + wm + csf).max() <= 1 + 1e-5
+    assert np.mean((gm > 0.05) & (gm < 0.95)) > 0.05  # partial volume at every tissue border
+
+
+def test_partial_volume_model_recovers_known_mixtures():
+    rng = np.random.default_rng(0)
+    csf, gm, wm = 30.0, 60.0, 80.0
+    pure = np.concatenate([rng.normal(gm, 2, 40000), rng.normal(wm, 2, 30000), rng.normal(csf, 1, 3000)])
+    assert class_means(pure) == pytest.approx((csf, gm, wm), abs=2.5)
+    fraction = np.linspace(0, 1, 11)
+    gm_f, wm_f = partial_volume_fractions(fraction * gm + (1 - fraction) * wm, (csf, gm, wm))
+    np.testing.assert_allclose(gm_f, fraction, atol=1e-6)
+    np.testing.assert_allclose(wm_f, 1 - fraction, atol=1e-6)
+    gm_f, wm_f = partial_volume_fractions(fraction * gm + (1 - fraction) * csf, (csf, gm, wm))
+    np.testing.assert_allclose(gm_f, fraction, atol=1e-6)
+    assert not wm_f.any()
+
+
+def _to_ants(img: nib.Nifti1Image):
+    import ants
+
+    spacing = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+    ras_to_lps = np.diag([-1.0, -1.0, 1.0])
+    return ants.from_numpy(
+        img.get_fdata().astype(np.float32),
+        origin=tuple(ras_to_lps @ img.affine[:3, 3]),
+        spacing=tuple(spacing),
+        direction=ras_to_lps @ (img.affine[:3, :3] / spacing),
+    )
+
+
+def _r_after_affine(fixed, moving: nib.Nifti1Image) -> float:
+    import ants
+
+    reg = ants.registration(
+        fixed,
+        _to_ants(moving),
+        "Affine",
+        aff_iterations=(200, 100),
+        aff_shrink_factors=(2, 1),
+        aff_smoothing_sigmas=(1, 0),
+        random_seed=1,
+    )
+    warped, target = reg["warpedmovout"].numpy(), fixed.numpy()
+    inside = (target > 0.05) | (warped > 0.05)
+    return float(np.corrcoef(warped[inside], target[inside])[0, 1])
+
+
+def test_anatomy_is_not_a_warp_of_the_instrument_gm_prior(base):
+    """After the best affine, the phantom's GM truth resembles the instrument's GM prior only as one
+    brain resembles another; the prior itself, moved by the same pose, is found again (r ~ 1)."""
+    prior = resample_to_output(load_template().gm, 3.0, order=1)
+    fixed = _to_ants(prior)
+    assert _r_after_affine(fixed, base.gm) < 0.8
+    prior_2mm = resample_to_output(load_template().gm, 2.0, order=1)
+    posed_prior = nib.Nifti1Image(prior_2mm.get_fdata(), base.gm.affine)  # the phantom's grid and pose
+    assert _r_after_affine(fixed, posed_prior) > 0.95
+
+
+def test_anatomies_and_contrasts_vary():
+    phantoms = [make_phantom(voxel_size=VOXEL, anatomy_seed=s, acquisition_seed=s) for s in (11, 12)]
+    ratios = [p.tissue_volumes.iloc[0] for p in phantoms]
+    gm_wm = [r["gm_volume_mm3"] / r["wm_volume_mm3"] for r in ratios]  # cortical thickness differs
+    assert abs(gm_wm[0] - gm_wm[1]) > 0.02
+    assert phantoms[0].acquisition["contrast_gm_csf"] != phantoms[1].acquisition["contrast_gm_csf"]
+
+
+def test_harvard_oxford_truth_in_its_own_space():
+    """Harvard-Oxford is natively in the source anatomy's space: a requested hippocampal loss is the
+    true change of the deformed GM fraction summed over the deformed label."""
+    region = "Left_Hippocampus"
+    kwargs = {"voxel_size": VOXEL, "atlas": "harvard_oxford", "anatomy_seed": 4, "acquisition_seed": 4}
+    before = make_phantom(**kwargs).regional_gm.set_index("name")["gm_volume_mm3"]
+    after = make_phantom(regional_change={region: -0.10}, **kwargs).regional_gm.set_index("name")
+    assert after.loc[region, "gm_volume_mm3"] / before[region] - 1 == pytest.approx(-0.10, abs=0.01)

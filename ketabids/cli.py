@@ -202,8 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument(
         "--response-threshold",
         type=_fraction,
-        default=DEFAULT_GROUP.response_threshold,
-        help="relative MADRS drop that defines response",
+        default=None,
+        help="relative MADRS drop that defines response (default: 0.5 when training; with --model the "
+        "model card's, and a different value is refused unless --force-model)",
     )
     grp.add_argument(
         "--discovery-cohort",
@@ -215,6 +216,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         metavar="FILE",
         help="apply this model.skops (trained elsewhere) instead of training",
+    )
+    grp.add_argument(
+        "--force-model",
+        action="store_true",
+        help="apply a --model despite a --response-threshold other than its card's or a major "
+        "scikit-learn/skops version difference",
     )
     grp.add_argument(
         "--n-jobs",
@@ -345,6 +352,7 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         response_threshold=args.response_threshold,
         discovery_cohort=args.discovery_cohort,
         model_file=args.model.resolve() if args.model else None,
+        force_model=args.force_model,
         n_jobs=args.n_jobs,
         random_seed=args.random_seed,
         columns=columns,

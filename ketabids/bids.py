@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import re
 import shutil
 import subprocess
 import sys
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ketabids.errors import BadDataError, BidsValidationError, InputMissingError, UsageError
+from ketabids.errors import (
+    BadDataError,
+    BidsValidationError,
+    InputMissingError,
+    KetabidsError,
+    UsageError,
+)
 
 LOGGER = logging.getLogger("ketabids")
-LABEL_PATTERN = re.compile(r"^[0-9a-zA-Z]+$")
+LABEL_PATTERN = re.compile(r"[0-9a-zA-Z]+")  # used with fullmatch: no trailing newline slips through
 VALIDATOR = "bids-validator-deno"
 MAX_REPORTED_ERRORS = 3
 
@@ -35,12 +43,24 @@ class T1wInput:
         return f"sub-{self.subject}" + (f"_ses-{self.session}" if self.session else "")
 
 
+@dataclass(frozen=True)
+class MissingT1w:
+    """A selected participant/session without any T1w image."""
+
+    subject: str
+    session: str | None
+    folder: Path
+
+    def __str__(self) -> str:
+        return f"no T1w image found in {self.folder}"
+
+
 def clean_labels(labels: Sequence[str] | None, prefix: str) -> tuple[str, ...]:
     """Strip ``sub-``/``ses-`` prefixes and reject anything but letters and digits."""
     cleaned = []
     for raw in labels or ():
         label = raw[len(prefix) :] if raw.startswith(prefix) else raw
-        if not LABEL_PATTERN.match(label):
+        if not LABEL_PATTERN.fullmatch(label):
             raise UsageError(f"invalid label '{raw}': {prefix}labels may only contain letters and digits")
         if label not in cleaned:
             cleaned.append(label)
@@ -63,20 +83,27 @@ def validate_dataset(bids_dir: Path) -> None:
     if executable is None:
         LOGGER.warning("%s is not installed: skipping BIDS validation", VALIDATOR)
         return
-    result = subprocess.run(
-        [executable, "--format", "json", "--ignoreWarnings", str(bids_dir)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    try:
+        result = subprocess.run(
+            [executable, "--format", "json", "--ignoreWarnings", str(bids_dir)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError as err:
+        raise KetabidsError(f"the BIDS validator ({executable}) could not be started: {err}") from None
     try:
         issues = json.loads(result.stdout)["issues"]["issues"]
     except (json.JSONDecodeError, KeyError, TypeError):
-        if result.returncode == 0:
-            return
-        raise BidsValidationError(
-            f"BIDS validator failed on {bids_dir}: {result.stderr.strip()[:300]}"
-        ) from None
+        issues = None
+    if issues is None or result.returncode < 0:
+        # No report (crash, signal, unparsable output): a tool failure, not an invalid dataset.
+        how = f"was killed by signal {-result.returncode}" if result.returncode < 0 else "crashed"
+        detail = (result.stderr.strip() or result.stdout.strip() or "no output").splitlines()[-1][:300]
+        raise KetabidsError(
+            f"the BIDS validator {how} (exit {result.returncode}) on {bids_dir}: {detail}; "
+            "rerun with --skip-bids-validation to go on without it"
+        )
     errors = [issue for issue in issues if issue.get("severity") == "error"]
     if errors:
         shown = "; ".join(
@@ -101,11 +128,12 @@ def _run_index(path: Path) -> int:
 
 def select_t1w(
     layout, participant_labels: Sequence[str] = (), session_labels: Sequence[str] = ()
-) -> list[T1wInput]:
+) -> tuple[list[T1wInput], list[MissingT1w]]:
     """Choose one T1w per selected participant/session (the first by run index; logged).
 
-    Unknown participant or session labels raise ``InputMissingError`` naming them; a selected
-    participant without any T1w raises it too, so nothing runs on a half-selected dataset.
+    Unknown participant or session labels raise ``InputMissingError`` naming them (a typo on the
+    command line stops the run). A participant/session without any T1w is returned as an error
+    in the second list instead, so the other participants still run.
     """
     available = sorted(layout.get_subjects())
     subjects = list(participant_labels) or available
@@ -114,13 +142,14 @@ def select_t1w(
         names = ", ".join(f"sub-{s}" for s in unknown)
         raise InputMissingError(f"participant(s) not found in {layout.root}: {names}")
     inputs: list[T1wInput] = []
+    missing: list[MissingT1w] = []
     for subject in subjects:
         sessions = layout.get_sessions(subject=subject) or [None]
         if session_labels:
-            missing = [s for s in session_labels if s not in sessions]
-            if missing and len(session_labels) == len(missing):
+            absent = [s for s in session_labels if s not in sessions]
+            if absent and len(session_labels) == len(absent):
                 raise InputMissingError(
-                    f"sub-{subject}: session(s) {', '.join('ses-' + s for s in missing)} not found"
+                    f"sub-{subject}: session(s) {', '.join('ses-' + s for s in absent)} not found"
                 )
             sessions = [s for s in sessions if s in session_labels]
         for session in sessions:
@@ -128,24 +157,58 @@ def select_t1w(
             if session is not None:
                 query["session"] = session
             files = sorted((Path(f.path) for f in layout.get(**query)), key=lambda p: (_run_index(p), p.name))
-            where = f"sub-{subject}" + (f" ses-{session}" if session else "")
             if not files:
-                raise InputMissingError(f"{where}: no T1w image found in {layout.root}")
+                folder = Path(layout.root) / f"sub-{subject}" / (f"ses-{session}" if session else "") / "anat"
+                missing.append(MissingT1w(subject, session, folder))
+                continue
             if len(files) > 1:
+                where = f"sub-{subject}" + (f" ses-{session}" if session else "")
                 LOGGER.info("%s: %d T1w runs, using %s", where, len(files), files[0].name)
             inputs.append(T1wInput(subject, session, files[0], tuple(files)))
-    return inputs
+    return inputs, missing
+
+
+def _stored_bytes(path: Path) -> int:
+    """Bytes of the (decompressed) file; a ``.gz`` is decompressed to its end, checking its CRC."""
+    if not path.name.endswith(".gz"):
+        return path.stat().st_size
+    total = 0
+    with gzip.open(path, "rb") as stream:
+        while block := stream.read(1 << 22):
+            total += len(block)
+    return total
+
+
+def image_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be used as a 3D T1w (unreadable, truncated, not 3D), or ``None``.
+
+    The whole file is read (a ``.nii.gz`` fully decompressed), so a truncated download is found
+    here, before any workflow, and not only its header.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        img = nib.load(path)
+        shape = img.shape
+        offset = int(getattr(img.header, "get_data_offset", lambda: 0)())
+        expected = offset + int(np.prod(shape)) * img.get_data_dtype().itemsize
+    except Exception as exc:  # nibabel raises several types for broken files
+        return f"cannot read {path}: {exc}"
+    squeezed = [n for n in shape if n > 1] if len(shape) > 3 else list(shape)
+    if len(shape) < 3 or len(squeezed) != 3 or min(shape[:3]) < 2:
+        return f"{path} is not a 3D T1w volume (shape {shape})"
+    try:
+        stored = _stored_bytes(path)
+    except (OSError, EOFError, zlib.error) as exc:
+        return f"{path} is truncated or corrupt: {exc}"
+    if stored < expected:
+        return f"{path} is truncated: {stored} of {expected} bytes"
+    return None
 
 
 def check_image(item: T1wInput) -> None:
-    """Fail early (exit 65) on a T1w that is unreadable or not a 3D volume."""
-    import nibabel as nib
-
-    try:
-        img = nib.load(item.path)
-        shape = img.shape
-    except Exception as exc:  # nibabel raises several types for broken files
-        raise BadDataError(f"{item.name}: cannot read {item.path}: {exc}") from None
-    squeezed = [n for n in shape if n > 1] if len(shape) > 3 else list(shape)
-    if len(shape) < 3 or len(squeezed) != 3 or min(shape[:3]) < 2:
-        raise BadDataError(f"{item.name}: {item.path} is not a 3D T1w volume (shape {shape})")
+    """Raise ``BadDataError`` (exit 65) naming participant and file if the T1w cannot be used."""
+    problem = image_problem(item.path)
+    if problem:
+        raise BadDataError(f"{item.name}: {problem}")

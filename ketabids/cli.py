@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -12,7 +14,15 @@ from pathlib import Path
 
 from ketabids import __version__
 from ketabids.data.atlases import ATLASES
-from ketabids.errors import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, KetabidsError, UsageError
+from ketabids.derivatives import check_output_owner
+from ketabids.errors import (
+    EXIT_BAD_DATA,
+    EXIT_FAILURE,
+    EXIT_OK,
+    EXIT_USAGE,
+    KetabidsError,
+    UsageError,
+)
 from ketabids.resources import available_cpus, available_memory_gb
 from ketabids.settings import ColumnNames, GroupSettings, ParticipantSettings
 
@@ -224,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
         "scikit-learn/skops version difference",
     )
     grp.add_argument(
+        "--allow-mixed-versions",
+        action="store_true",
+        help="use participant outputs written by different ketabids versions (refused otherwise)",
+    )
+    grp.add_argument(
         "--n-jobs",
         type=_positive_int,
         default=cpus,
@@ -248,18 +263,33 @@ def _configure_logging(verbosity: int) -> None:
     LOGGER.setLevel(max(level, logging.DEBUG))
 
 
-def _prepare_environment(work_dir: Path) -> None:
-    """Keep every tool offline and out of an unwritable HOME."""
+def _prepare_environment() -> None:
+    """Keep every tool offline, out of the user's site-packages and out of an unwritable HOME.
+
+    An unwritable HOME is replaced by a private folder (``tempfile.mkdtemp``: per user and per
+    run, never a fixed shared path another user could own), removed at exit.
+    """
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     os.environ.setdefault("NO_ET", "1")
+    os.environ["PYTHONNOUSERSITE"] = "1"
     home = Path(os.environ.get("HOME", "/"))
     if not (home.is_dir() and os.access(home, os.W_OK)):
-        config = work_dir / "config"
-        config.mkdir(parents=True, exist_ok=True)
+        config = Path(tempfile.mkdtemp(prefix="ketabids-home-"))
+        atexit.register(shutil.rmtree, config, ignore_errors=True)
         os.environ["HOME"] = str(config)
         os.environ.setdefault("MPLCONFIGDIR", str(config / "matplotlib"))
         os.environ.setdefault("XDG_CACHE_HOME", str(config / "cache"))
         os.environ.setdefault("DENO_DIR", str(config / "deno"))
+
+
+def _writable_dir(path: Path, name: str) -> None:
+    """Create ``path`` if needed and prove it is writable; else a one-line ``UsageError`` (exit 64)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".ketabids-write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot use {path} as the {name}: {err.strerror or err}") from None
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -288,7 +318,10 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
     if not args.skip_bids_validation:
         bids.validate_dataset(bids_dir)
     layout = bids.load_layout(bids_dir)
-    inputs = bids.select_t1w(layout, labels, sessions)
+    inputs, missing = bids.select_t1w(layout, labels, sessions)
+    check_output_owner(output_dir)
+    _writable_dir(output_dir, "output directory")
+    _writable_dir(work_dir, "work directory")
     settings = ParticipantSettings(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -305,14 +338,26 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
     LOGGER.info("participant level: %d T1w image(s) -> %s", len(inputs), output_dir)
     from ketabids.participant import run_participant_level
 
-    failures = run_participant_level(settings, inputs)
-    if failures:
-        LOGGER.error(
-            "%d of %d participant run(s) failed; the others' outputs are complete", len(failures), len(inputs)
-        )
-        return EXIT_FAILURE
-    LOGGER.info("participant level finished: reports in %s", output_dir)
-    return EXIT_OK
+    failures = run_participant_level(settings, inputs, missing)
+    return participant_exit_code(failures, len(inputs) + len(missing), output_dir)
+
+
+def participant_exit_code(failures: Sequence, total: int, output_dir: Path) -> int:
+    """0 if all succeeded; 65/66 if no participant could start; 1 if some failed (others kept)."""
+    if not failures:
+        LOGGER.info("participant level finished: reports in %s", output_dir)
+        return EXIT_OK
+    if len(failures) == total and all(f.before_workflow for f in failures):
+        codes = {f.exit_code for f in failures}
+        LOGGER.error("no participant could be processed")
+        return codes.pop() if len(codes) == 1 else EXIT_BAD_DATA
+    LOGGER.error(
+        "%d of %d participant run(s) failed (listed above); the others' outputs are complete in %s",
+        len(failures),
+        total,
+        output_dir,
+    )
+    return EXIT_FAILURE
 
 
 def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> GroupSettings:
@@ -355,12 +400,14 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         force_model=args.force_model,
         n_jobs=args.n_jobs,
         random_seed=args.random_seed,
+        allow_mixed_versions=args.allow_mixed_versions,
         columns=columns,
     )
 
 
 def _run_group(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> int:
     settings = group_settings(args, bids_dir, output_dir)
+    _writable_dir(output_dir, "output directory")
     from ketabids.group import run_group_level
 
     run_group_level(settings)
@@ -378,20 +425,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     _configure_logging(args.verbose)
     try:
         bids_dir, output_dir, work_dir = _check_paths(args)
-        _prepare_environment(
-            work_dir if args.analysis_level == "participant" else Path(tempfile.gettempdir())
-        )
+        _prepare_environment()
         if args.analysis_level == "participant":
             return _run_participant(args, bids_dir, output_dir, work_dir)
         return _run_group(args, bids_dir, output_dir)
     except KetabidsError as exc:
         LOGGER.error("%s", exc)
         return exc.exit_code
+    except OSError as exc:  # disk full, permissions, vanished files: one line, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        LOGGER.error("%s%s", exc.strerror or exc, where)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         LOGGER.error("interrupted")
         return 130
-
-
-def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())

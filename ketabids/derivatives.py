@@ -13,12 +13,13 @@ from pathlib import Path
 import pandas as pd
 
 from ketabids import __version__
+from ketabids.errors import UsageError
 
 DSEG_LABELS: dict[int, str] = {1: "GM", 2: "WM", 3: "CSF"}
 # Entities kept from the source T1w name, then the ones derivatives add, in the BIDS order.
 SOURCE_ENTITIES = ("sub", "ses", "acq", "ce", "rec", "run")
 ENTITY_ORDER = (*SOURCE_ENTITIES, "from", "to", "mode", "space", "seg", "label", "desc")
-BIDSIGNORE_LINES = ("*_morph.tsv", "*_xfm.h5", "*.html", "group/", "logs/", "figures/")
+BIDSIGNORE_LINES = ("*_morph.tsv", "*_morph.json", "*_xfm.h5", "*.html", "group/", "logs/", "figures/")
 
 
 def parse_entities(path: str | os.PathLike) -> dict[str, str]:
@@ -145,6 +146,33 @@ def write_dataset_description(output_dir: str | os.PathLike, bids_dir: str | os.
     return write_text_atomic(
         json.dumps(description, indent=2) + "\n", Path(output_dir) / "dataset_description.json"
     )
+
+
+def generated_by(description: object) -> list[tuple[str, str]]:
+    """``(Name, Version)`` of each ``GeneratedBy`` entry of a parsed ``dataset_description.json``."""
+    entries = description.get("GeneratedBy") if isinstance(description, dict) else None
+    if not isinstance(entries, list):
+        return []
+    return [(str(e.get("Name", "")), str(e.get("Version", ""))) for e in entries if isinstance(e, dict)]
+
+
+def check_output_owner(output_dir: str | os.PathLike) -> None:
+    """Refuse (exit 64) an output dir whose ``dataset_description.json`` names another app.
+
+    ketabids rewrites that file, so another app's derivatives would lose their description.
+    """
+    path = Path(output_dir) / "dataset_description.json"
+    if not path.exists():
+        return
+    try:
+        names = [name for name, _ in generated_by(json.loads(path.read_text()))]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UsageError(f"{path} is not readable JSON ({err}); choose another output_dir") from None
+    if "ketabids" not in names:
+        app = ", ".join(n for n in names if n) or "no app"
+        raise UsageError(
+            f"{output_dir} holds derivatives of another app ({path} names {app}); choose another output_dir"
+        )
 
 
 def write_bidsignore(output_dir: str | os.PathLike) -> Path:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ketabids import __version__
 from ketabids.data.templates import TEMPLATE_NAME
 from ketabids.derivatives import atomic_copy, derivative_path, write_sidecar, write_tsv_atomic
 
@@ -58,8 +59,8 @@ def write_participant_outputs(
             )
         else:
             atomic_copy(files[key], target)
-            if target.name.endswith(".nii.gz"):
-                write_sidecar(target, sidecar_metadata(key, source_file))
+        if target.name.endswith((".nii.gz", ".tsv")):
+            write_sidecar(target, sidecar_metadata(key, source_file))
         written[key] = target
     return written
 
@@ -69,7 +70,10 @@ def sidecar_metadata(key: str, source_file: str | os.PathLike) -> dict[str, obje
     source = Path(source_file)
     parts = source.parts
     start = max(i for i, part in enumerate(parts) if part.startswith("sub-") and i < len(parts) - 1)
-    metadata: dict[str, object] = {"Sources": ["bids:raw:" + "/".join(parts[start:])]}
+    metadata: dict[str, object] = {
+        "Sources": ["bids:raw:" + "/".join(parts[start:])],
+        "GeneratedBy": [{"Name": "ketabids", "Version": __version__}],
+    }
     if key == "t1w_preproc":
         metadata["SkullStripped"] = False
     if key == "t1w_template":

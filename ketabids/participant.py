@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from ketabids.bids import T1wInput, check_image
+from ketabids.bids import MissingT1w, T1wInput, image_problem
+from ketabids.errors import EXIT_BAD_DATA, EXIT_FAILURE, EXIT_INPUT_MISSING
 from ketabids.settings import ParticipantSettings
 
 LOGGER = logging.getLogger("ketabids")
@@ -25,10 +26,18 @@ class ParticipantFailure:
     node: str
     file: str
     reason: str
+    exit_code: int = EXIT_FAILURE
 
     def __str__(self) -> str:
         where = f"sub-{self.subject}" + (f" ses-{self.session}" if self.session else "")
+        if not self.node:  # refused before any workflow ran: the reason names the file
+            return f"{where}: {self.reason}"
         return f"{where}: step '{self.node}' failed on {self.file}: {self.reason}"
+
+    @property
+    def before_workflow(self) -> bool:
+        """The input was refused before any workflow ran (bad or missing data)."""
+        return not self.node
 
 
 def configure_nipype(work_dir: Path) -> None:
@@ -116,18 +125,73 @@ def collect_failures(crash_dir: Path, since: float, inputs: Sequence[T1wInput]) 
     return failures
 
 
-def run_participant_level(
-    settings: ParticipantSettings, inputs: Sequence[T1wInput]
-) -> list[ParticipantFailure]:
-    """Run every selected T1w; return the failures (empty = all succeeded).
+def _readable(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return bool(handle.read(1))
+    except OSError:
+        return False
 
-    Inputs are checked first (``BadDataError`` naming the participant and file, exit 65).
+
+def contract_failure(item: T1wInput, settings: ParticipantSettings) -> ParticipantFailure | None:
+    """A failure unless every file of the participant's output contract exists and is readable.
+
+    The contract is ``ketabids.outputs.output_names``; a worker killed by the OOM killer or a
+    crash file that could not be written leaves no crash record, but it does leave files missing.
+    """
+    from ketabids.outputs import output_names
+
+    names = output_names(item.path, settings.output_dir, settings.atlas)
+    missing = [path.name for path in names.values() if not _readable(path)]
+    if not missing:
+        return None
+    more = f" (+{len(missing) - 1} more)" if len(missing) > 1 else ""
+    return ParticipantFailure(
+        item.subject,
+        item.session,
+        "outputs",
+        str(item.path),
+        f"output {missing[0]}{more} missing or unreadable after the run (worker killed? disk full?)",
+    )
+
+
+def input_failures(
+    inputs: Sequence[T1wInput], missing: Sequence[MissingT1w] = ()
+) -> list[ParticipantFailure]:
+    """Inputs refused before any workflow: T1w absent (exit 66) or unusable (exit 65)."""
+    failures = [
+        ParticipantFailure(m.subject, m.session, "", str(m.folder), str(m), EXIT_INPUT_MISSING)
+        for m in missing
+    ]
+    for item in inputs:
+        problem = image_problem(item.path)
+        if problem:
+            failures.append(
+                ParticipantFailure(item.subject, item.session, "", str(item.path), problem, EXIT_BAD_DATA)
+            )
+    return failures
+
+
+def run_participant_level(
+    settings: ParticipantSettings,
+    inputs: Sequence[T1wInput],
+    missing: Sequence[MissingT1w] = (),
+) -> list[ParticipantFailure]:
+    """Run every usable T1w; return the failures (empty = every output contract is complete).
+
+    Inputs are checked first (whole file read); a missing or unusable T1w fails only its own
+    participant, with a one-line reason. The others always run.
     """
     from ketabids.derivatives import write_bidsignore, write_dataset_description, write_dseg_tsv
     from ketabids.outputs import write_subject_reports
 
-    for item in inputs:
-        check_image(item)
+    failures = input_failures(inputs, missing)
+    for failure in failures:
+        LOGGER.error("%s", failure)
+    refused = {(f.subject, f.session) for f in failures}
+    runnable = [item for item in inputs if (item.subject, item.session) not in refused]
+    if not runnable:
+        return failures
     work_dir = Path(settings.work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     Path(settings.output_dir).mkdir(parents=True, exist_ok=True)
@@ -135,11 +199,11 @@ def run_participant_level(
     write_bidsignore(settings.output_dir)
     write_dseg_tsv(settings.output_dir)
     configure_nipype(work_dir)
-    workflow = build_workflow(settings, inputs)
+    workflow = build_workflow(settings, runnable)
     plugin, plugin_args = plugin_settings(settings)
     LOGGER.info(
         "running %d workflow(s) with %s (%d processes, %d threads each); work dir %s",
-        len(inputs),
+        len(runnable),
         plugin,
         settings.nprocs,
         settings.omp_nthreads,
@@ -148,17 +212,23 @@ def run_participant_level(
     started = time.time() - 1
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as exc:
+    except Exception as exc:  # node failures are read from crash files and the output contract below
         LOGGER.debug("workflow did not finish cleanly: %s", exc)
-    failures = collect_failures(work_dir / "crash", started, inputs)
-    for failure in failures:
+    crashed = collect_failures(work_dir / "crash", started, runnable)
+    for failure in crashed:
         LOGGER.error("%s", failure)
-    failed = {(f.subject, f.session) for f in failures}
-    for item in inputs:
-        if (item.subject, item.session) not in failed:
+    failed = {(f.subject, f.session) for f in crashed}
+    for item in runnable:
+        if (item.subject, item.session) in failed:
+            continue
+        incomplete = contract_failure(item, settings)
+        if incomplete:
+            LOGGER.error("%s", incomplete)
+            crashed.append(incomplete)
+        else:
             LOGGER.info("%s: finished", item.name)
     errors: dict[tuple[str, str | None], list[str]] = {}
-    for failure in failures:
+    for failure in crashed:
         errors.setdefault((failure.subject, failure.session), []).append(str(failure))
-    write_subject_reports(settings.output_dir, inputs, settings.atlas, errors)
-    return failures
+    write_subject_reports(settings.output_dir, runnable, settings.atlas, errors)
+    return failures + crashed

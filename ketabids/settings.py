@@ -63,6 +63,7 @@ class GroupSettings:
     force_model: bool = False  # apply despite a threshold or major library-version mismatch
     n_jobs: int = 1
     random_seed: int = 0
+    allow_mixed_versions: bool = False
     columns: ColumnNames = field(default_factory=ColumnNames)
 
     @property

@@ -82,7 +82,7 @@ def test_missing_t1w_exits_66_naming_participant(tiny_bids, tmp_path, caplog):
     t1w = bids_dir / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
     t1w.rename(t1w.with_name("sub-02_T2w.nii.gz"))
     t1w.with_name("sub-02_T1w.json").rename(t1w.with_name("sub-02_T2w.json"))
-    assert run_cli(bids_dir, tmp_path / "out", "participant") == 66
+    assert run_cli(bids_dir, tmp_path / "out", "participant", "--participant-label", "02") == 66
     assert "sub-02" in caplog.text and "no T1w" in caplog.text
 
 
@@ -110,14 +110,16 @@ def test_non_3d_t1w_exits_65_naming_file(tiny_bids, tmp_path, caplog, shape):
     bids_dir = tiny_bids()
     path = bids_dir / "sub-02" / "anat" / "sub-02_T1w.nii.gz"
     nib.save(nib.Nifti1Image(np.ones(shape, np.int16), np.eye(4)), path)
-    assert run_cli(bids_dir, tmp_path / "out", "participant", "--skip-bids-validation") == 65
+    args = ("participant", "--skip-bids-validation", "--participant-label", "02")
+    assert run_cli(bids_dir, tmp_path / "out", *args) == 65
     assert "sub-02" in caplog.text and str(path) in caplog.text
 
 
 def test_unreadable_t1w_exits_65(tiny_bids, tmp_path, caplog):
     bids_dir = tiny_bids()
     (bids_dir / "sub-01" / "anat" / "sub-01_T1w.nii.gz").write_bytes(b"\x1f\x8bbroken")
-    assert run_cli(bids_dir, tmp_path / "out", "participant", "--skip-bids-validation") == 65
+    args = ("participant", "--skip-bids-validation", "--participant-label", "01")
+    assert run_cli(bids_dir, tmp_path / "out", *args) == 65
     assert "cannot read" in caplog.text
 
 
@@ -148,7 +150,8 @@ def test_first_run_is_chosen_and_all_runs_listed(tiny_bids):
     from ketabids.bids import load_layout, select_t1w
 
     bids_dir = tiny_bids(subjects=("01",), sessions=("pre", "post"), runs=3)
-    inputs = select_t1w(load_layout(bids_dir), ("01",), ("pre",))
+    inputs, missing = select_t1w(load_layout(bids_dir), ("01",), ("pre",))
+    assert missing == []
     assert len(inputs) == 1
     assert inputs[0].path.name == "sub-01_ses-pre_run-1_T1w.nii.gz"
     assert [p.name for p in inputs[0].all_runs] == [f"sub-01_ses-pre_run-{r}_T1w.nii.gz" for r in (1, 2, 3)]
@@ -165,19 +168,21 @@ def test_run_index_orders_numerically(tmp_path):
     (anat / "sub-01_T1w.json").unlink()
     for run in (10, 2):
         write_tiny_t1w(anat / f"sub-01_run-{run}_T1w.nii.gz")
-    inputs = select_t1w(load_layout(bids_dir))
+    inputs, _ = select_t1w(load_layout(bids_dir))
     assert inputs[0].path.name == "sub-01_run-2_T1w.nii.gz"
 
 
 def test_resources_follow_scheduler_variables(monkeypatch):
     from ketabids.resources import available_cpus, available_memory_gb
 
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)))
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     monkeypatch.setenv("SLURM_MEM_PER_NODE", "8192")
     assert available_cpus() == 3
     assert available_memory_gb() == 8.0
     monkeypatch.delenv("SLURM_CPUS_PER_TASK")
     monkeypatch.delenv("SLURM_MEM_PER_NODE")
+    monkeypatch.undo()
     assert 1 <= available_cpus() <= len(__import__("os").sched_getaffinity(0))
     assert available_memory_gb() > 0.1
 

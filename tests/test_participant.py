@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from nibabel.processing import resample_from_to
 
-from ketabids.bids import T1wInput
-from ketabids.errors import BadDataError
+from ketabids import __version__
+from ketabids.bids import MissingT1w, T1wInput
+from ketabids.cli import participant_exit_code
 from ketabids.participant import ParticipantFailure, run_participant_level
 from ketabids.settings import ParticipantSettings
 
@@ -42,7 +43,9 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    """One run with a good phantom (sub-good) and an empty image that fails (sub-bad)."""
+    """One run: a good phantom (sub-good), an empty image that fails in the workflow (sub-bad), and
+    inputs refused before any workflow: a 4D image (sub-fourd), a truncated .nii.gz (sub-cut) and a
+    participant without T1w (sub-none)."""
     from ketabids.simulate.phantom import make_phantom
 
     root = tmp_path_factory.mktemp("participant")
@@ -55,17 +58,31 @@ def run(tmp_path_factory):
     nib.Nifti1Image(np.zeros((20, 20, 20), np.int16), np.diag([3.0, 3.0, 3.0, 1.0])).to_filename(
         _input(bids, "bad").path
     )
-    inputs = [_input(bids, "good"), _input(bids, "bad")]
+    for label in ("fourd", "cut"):
+        (bids / f"sub-{label}" / "anat").mkdir(parents=True)
+    nib.Nifti1Image(np.ones((8, 8, 8, 3), np.int16), np.eye(4)).to_filename(_input(bids, "fourd").path)
+    phantom.t1w.to_filename(_input(bids, "cut").path)
+    data = _input(bids, "cut").path.read_bytes()
+    _input(bids, "cut").path.write_bytes(data[: len(data) // 2])
+    inputs = [_input(bids, label) for label in ("good", "bad", "fourd", "cut")]
+    missing = [MissingT1w("none", None, bids / "sub-none" / "anat")]
     start = time.time()
-    failures = run_participant_level(_settings(root), inputs)
+    failures = run_participant_level(_settings(root), inputs, missing)
     return root, phantom, inputs, failures, time.time() - start
 
 
 @pytest.mark.slow
 def test_failing_participant_is_reported_and_does_not_stop_the_other(run):
     root, _, _, failures, _ = run
-    assert [f.subject for f in failures] == ["bad"]
-    failure = failures[0]
+    assert sorted(f.subject for f in failures) == ["bad", "cut", "fourd", "none"]
+    assert participant_exit_code(failures, 5, root / "out") == 1  # partial failure
+    refused = {f.subject: str(f) for f in failures if f.before_workflow}
+    assert "sub-fourd_T1w.nii.gz is not a 3D T1w volume" in refused["fourd"]
+    assert "sub-cut_T1w.nii.gz is truncated or corrupt" in refused["cut"]
+    assert refused["none"].startswith("sub-none: no T1w image found in")
+    assert all("\n" not in line for line in refused.values())
+    assert {f.exit_code for f in failures if f.before_workflow} == {65, 66}
+    failure = next(f for f in failures if f.subject == "bad")
     assert failure.file.endswith("sub-bad_T1w.nii.gz")
     assert failure.node.startswith("anat_preproc_wf.")
     assert failure.reason and "\n" not in str(failure)
@@ -97,6 +114,9 @@ def test_outputs_follow_the_contract(run):
         assert (anat / name).is_file(), name
     for name in ("dataset_description.json", ".bidsignore", "dseg.tsv", "sub-good.html"):
         assert (out / name).is_file(), name
+    for name in ("sub-good_desc-tissue_morph.json", "sub-good_desc-preproc_T1w.json"):
+        generated = json.loads((anat / name).read_text())["GeneratedBy"]
+        assert generated == [{"Name": "ketabids", "Version": __version__}], name
     tissue = pd.read_csv(anat / "sub-good_desc-tissue_morph.tsv", sep="\t")
     assert len(tissue) == 1
     for column in (
@@ -155,14 +175,28 @@ def test_rerun_reuses_finished_nodes(run):
     assert time.time() - start < 0.5 * first_duration
 
 
+@pytest.mark.slow
+def test_participant_without_crash_file_but_missing_outputs_fails(run, monkeypatch):
+    """A worker killed by the OOM killer, or a crash folder that cannot be written, leaves no crash
+    file: the participant must still fail, because its output contract is incomplete."""
+    import ketabids.participant as participant
+
+    root, _, inputs, _, _ = run
+    monkeypatch.setattr(participant, "collect_failures", lambda *args: [])
+    failures = run_participant_level(_settings(root, nprocs=1), [inputs[1]])
+    assert [(f.subject, f.node) for f in failures] == [("bad", "outputs")]
+    assert "missing or unreadable" in str(failures[0]) and "\n" not in str(failures[0])
+
+
 def test_4d_input_is_bad_data_before_any_workflow(tmp_path):
     bids = tmp_path / "bids"
     (bids / "sub-x" / "anat").mkdir(parents=True)
     item = _input(bids, "x")
     nib.Nifti1Image(np.zeros((8, 8, 8, 3), np.int16), np.eye(4)).to_filename(item.path)
-    with pytest.raises(BadDataError, match=r"sub-x.*sub-x_T1w"):
-        run_participant_level(_settings(tmp_path), [item])
-    assert not (tmp_path / "work").exists() or not any((tmp_path / "work").iterdir())
+    [failure] = run_participant_level(_settings(tmp_path), [item])
+    assert failure.exit_code == 65 and failure.before_workflow
+    assert str(failure).startswith("sub-x: ") and "sub-x_T1w.nii.gz" in str(failure)
+    assert not (tmp_path / "work").exists()
 
 
 def test_unreadable_input_is_bad_data(tmp_path):
@@ -170,8 +204,8 @@ def test_unreadable_input_is_bad_data(tmp_path):
     (bids / "sub-y" / "anat").mkdir(parents=True)
     item = _input(bids, "y")
     item.path.write_bytes(b"not a nifti")
-    with pytest.raises(BadDataError, match="sub-y"):
-        run_participant_level(_settings(tmp_path), [item])
+    [failure] = run_participant_level(_settings(tmp_path), [item])
+    assert failure.exit_code == 65 and "cannot read" in str(failure)
 
 
 def test_failure_is_one_line():

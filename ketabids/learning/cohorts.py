@@ -17,11 +17,16 @@ KETAMINE, SALINE = "ketamine", "saline"
 def _read_tsv(path: Path, id_column: str) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a", ""], keep_default_na=False, dtype=str)
+    except pd.errors.EmptyDataError:
+        raise BadDataError(f"{path} is empty (no header line)") from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as err:
         raise BadDataError(f"cannot read {path}: {err}") from err
     if id_column not in table.columns:
         raise InputMissingError(f"{path} has no '{id_column}' column")
     table[id_column] = table[id_column].str.strip()
+    empty = table[id_column].isna() | (table[id_column] == "")
+    if empty.any():
+        raise BadDataError(f"{path}: row {int(empty.to_numpy().argmax()) + 2} has an empty {id_column}")
     duplicated = table[id_column][table[id_column].duplicated()]
     if not duplicated.empty:
         raise BadDataError(f"{path}: duplicate participant '{duplicated.iloc[0]}'")

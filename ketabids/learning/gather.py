@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pandas as pd
 from ketabids.derivatives import parse_entities
 from ketabids.errors import BadDataError, UsageError
 
+LOGGER = logging.getLogger("ketabids.group")
 MODULATED_GM = "space-MNI152NLin2009aSym_label-GM_desc-modulated_probseg.nii.gz"
 
 
@@ -65,8 +68,12 @@ def read_region_table(path: Path, participant: str) -> pd.Series:
     """GM volume per region name from a ``*_seg-<atlas>_morph.tsv`` table."""
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except pd.errors.EmptyDataError:
+        raise BadDataError(f"{participant}: {path} is empty") from None
     except (OSError, pd.errors.ParserError) as err:
         raise BadDataError(f"{participant}: cannot read {path}: {err}") from err
+    if table.empty:
+        raise BadDataError(f"{participant}: {path} has no regions (header only)")
     for column in ("name", "gm_volume_mm3"):
         if column not in table.columns:
             raise BadDataError(f"{participant}: {path} has no '{column}' column")
@@ -80,6 +87,8 @@ def read_tissue_table(path: Path, participant: str) -> pd.Series:
     """The one row of a ``*_desc-tissue_morph.tsv`` table."""
     try:
         table = pd.read_csv(path, sep="\t", na_values=["n/a"])
+    except pd.errors.EmptyDataError:
+        raise BadDataError(f"{participant}: {path} is empty") from None
     except (OSError, pd.errors.ParserError) as err:
         raise BadDataError(f"{participant}: cannot read {path}: {err}") from err
     if len(table) != 1 or "tiv_mm3" not in table.columns:
@@ -89,6 +98,37 @@ def read_tissue_table(path: Path, participant: str) -> pd.Series:
     if not tiv > 0:
         raise BadDataError(f"{participant}: {path} has an invalid tiv_mm3 '{row['tiv_mm3']}'")
     return row.rename(participant)
+
+
+def output_version(table: Path) -> str | None:
+    """The ketabids version that wrote a participant table (from its JSON sidecar), if recorded."""
+    sidecar = table.with_name(table.name.split(".", 1)[0] + ".json")
+    try:
+        entries = json.loads(sidecar.read_text()).get("GeneratedBy", [])
+        return next(str(e["Version"]) for e in entries if e.get("Name") == "ketabids")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, TypeError, KeyError, StopIteration):
+        return None  # tables shared without sidecars (or written by hand): version unknown
+
+
+def check_versions(versions: dict[str, str | None], output_dir: Path, allow_mixed: bool) -> None:
+    """Refuse (exit 65) participant outputs written by different ketabids versions, unless allowed."""
+    by_version: dict[str, list[str]] = {}
+    for participant, version in versions.items():
+        if version is not None:
+            by_version.setdefault(version, []).append(participant)
+    if len(by_version) <= 1:
+        return
+    listing = "; ".join(
+        f"{version}: {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}"
+        for version, names in sorted(by_version.items())
+    )
+    if allow_mixed:
+        LOGGER.warning("participant outputs in %s mix ketabids versions (%s)", output_dir, listing)
+        return
+    raise BadDataError(
+        f"participant outputs in {output_dir} come from different ketabids versions ({listing}); "
+        "rerun the participant level with one version or pass --allow-mixed-versions"
+    )
 
 
 def qc_failure(tissue: pd.Series) -> str | None:

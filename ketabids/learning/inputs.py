@@ -86,7 +86,7 @@ def load_inputs(
         outcome = cohorts.response(participants, columns, settings.threshold, source)
 
     excluded: list[tuple[str, str]] = []
-    regions, tissue, maps = {}, {}, {}
+    regions, tissue, maps, versions = {}, {}, {}, {}
     for participant in participants.index:
         if pd.isna(roles[participant]):
             treatment = participants.loc[participant, columns.treatment]
@@ -105,10 +105,12 @@ def load_inputs(
             excluded.append((participant, f"{found.modulated_gm.name} is missing"))
             continue
         regions[participant] = gather.read_region_table(found.regions, participant)
+        versions[participant] = gather.output_version(found.regions)
         tissue[participant] = tissue_row
         maps[participant] = found.modulated_gm
     for participant, reason in excluded:
         LOGGER.warning("excluded %s: %s", participant, reason)
+    gather.check_versions(versions, Path(settings.output_dir), settings.allow_mixed_versions)
 
     grid = None
     if feature_kind == "voxel":

@@ -100,8 +100,10 @@ def load_model(path: Path) -> tuple[CalibratedModel, dict]:
         raise InputMissingError(f"model card {card_file} (with the model's sha256) is missing")
     try:
         card = json.loads(card_file.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise BadDataError(f"cannot read model card {card_file}: {err}") from err
+    if not isinstance(card, dict):
+        raise BadDataError(f"model card {card_file} is JSON but not an object ({type(card).__name__})")
     if card.get("sha256") != sha256(path):
         raise BadDataError(f"{path} does not match the sha256 in {card_file}: the file was changed")
     try:

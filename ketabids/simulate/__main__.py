@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=None,
-        help="tables mode: derivative folder for the tables (default OUT_DIR/derivatives/ketabids)",
+        help="tables mode: derivative folder for the tables (default OUT_DIR-derivatives, beside OUT_DIR)",
     )
     return parser
 
@@ -67,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "tables":
         from ketabids.simulate.tables import write_tables
 
-        output_dir = args.output_dir or args.out_dir / "derivatives" / "ketabids"
+        # beside the dataset, not inside it: the app never writes into its input dataset
+        output_dir = args.output_dir or args.out_dir.parent / f"{args.out_dir.name}-derivatives"
         write_tables(design, args.out_dir, output_dir, seed=args.seed)
         where = f"{args.out_dir} (participants.tsv) and {output_dir} (tables)"
     else:

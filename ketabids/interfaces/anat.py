@@ -60,7 +60,7 @@ class N4BiasCorrection(SimpleInterface):
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected whole-head T1w")
     method = traits.Enum("deepbet", "template", usedefault=True, desc="deepbet CNN or template fallback")
-    seed = traits.Int(0, usedefault=True, desc="random seed (template method)")
+    seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, desc="threads")
 
 
@@ -80,7 +80,7 @@ class BrainExtraction(SimpleInterface):
         limit_threads(self.inputs.num_threads)
         mask = os.path.join(runtime.cwd, "brain_mask.nii.gz")
         if self.inputs.method == "deepbet":
-            brain.deepbet_mask(self.inputs.in_file, mask)
+            brain.deepbet_mask(self.inputs.in_file, mask, seed=self.inputs.seed)
         else:
             brain.template_mask(self.inputs.in_file, mask, seed=self.inputs.seed)
         self._results["out_mask"] = mask

@@ -18,6 +18,7 @@ class _SegmentInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="bias-corrected T1w")
     mask_file = File(exists=True, mandatory=True, desc="brain mask")
     priors = InputMultiObject(File(exists=True), mandatory=True, desc="GM, WM, CSF priors on the T1w grid")
+    seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, desc="ITK threads")
 
 
@@ -41,7 +42,9 @@ class SegmentTissues(SimpleInterface):
         if len(self.inputs.priors) != 3:
             raise ValueError("three priors (GM, WM, CSF) are needed")
         gm, wm, csf = self.inputs.priors
-        result = segment_tissues(self.inputs.in_file, self.inputs.mask_file, (gm, wm, csf), runtime.cwd)
+        result = segment_tissues(
+            self.inputs.in_file, self.inputs.mask_file, (gm, wm, csf), runtime.cwd, seed=self.inputs.seed
+        )
         probabilities = [str(p) for p in result.probabilities]
         self._results.update(gm=probabilities[0], wm=probabilities[1], csf=probabilities[2])
         self._results["dseg"] = str(result.dseg)

@@ -80,6 +80,11 @@ def template_output_grid(folder: str | os.PathLike, spacing: float = OUTPUT_SPAC
     return path
 
 
+def ants_seed(seed: int) -> int:
+    """ANTs seed for ``--random-seed`` ``seed``: ANTs takes 0 to mean "seed from the clock", so add 1."""
+    return seed + 1
+
+
 def _stage(metric: str, transform: str, iterations: str, shrink: str, smooth: str) -> list[str]:
     return ["-m", metric, "-t", transform, "-c", f"[{iterations},1e-6,10]", "-f", shrink, "-s", smooth]
 
@@ -106,7 +111,7 @@ def registration_args(
     """
     mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
     linear_shrink = shrink_factors(LINEAR_LEVELS_MM, spacing)
-    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(seed)]
+    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(ants_seed(seed))]
     args += _stage(mi, "Rigid[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
     args += _stage(mi, "Affine[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
     levels = len(syn_iterations.split("x"))
@@ -244,7 +249,7 @@ def affine_to_template(
     moving = Path(moving_file)
     mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
     prefix = str(out_dir / "affine_")
-    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(seed)]
+    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(ants_seed(seed))]
     shrink = shrink_factors(LINEAR_LEVELS_MM, 3.0)
     args += _stage(mi, "Rigid[0.1]", "500x250x100", shrink, "4x2x1mm")
     args += _stage(mi, "Affine[0.1]", "500x250x100", shrink, "4x2x1mm")

@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from ketabids.processing.anat import bounding_box, crop
+from ketabids.processing.registration import ants_seed
 
 TISSUES = ("GM", "WM", "CSF")
 PRIOR_WEIGHT = 0.25
@@ -40,8 +41,13 @@ def segment_tissues(
     prior_files: tuple[str | os.PathLike, str | os.PathLike, str | os.PathLike],
     out_dir: str | os.PathLike,
     prior_weight: float = PRIOR_WEIGHT,
+    seed: int = 0,
 ) -> Segmentation:
-    """Atropos (priors GM, WM, CSF in T1w space) -> probability maps that sum to 1 in the mask + dseg."""
+    """Atropos (priors GM, WM, CSF in T1w space) -> probability maps that sum to 1 in the mask + dseg.
+
+    Atropos runs with ANTs' constant random seed (``use-random-seed 0``; ``seed`` also goes to
+    ``ANTS_RANDOM_SEED`` for ANTs builds that read it), so reruns give identical maps.
+    """
     import ants
 
     out_dir = Path(out_dir)
@@ -58,7 +64,10 @@ def segment_tissues(
     stacked[inside] += 1e-3  # every tissue stays possible inside the mask
     stacked /= np.maximum(stacked.sum(axis=-1, keepdims=True), 1e-6)
     priors = [mask.new_image_like((stacked[..., k] * inside).astype(np.float32)) for k in range(3)]
-    result = ants.atropos(a=t1w, x=mask, i=priors, m=MRF, c=ITERATIONS, priorweight=prior_weight, verbose=0)
+    os.environ["ANTS_RANDOM_SEED"] = str(ants_seed(seed))
+    result = ants.atropos(
+        a=t1w, x=mask, i=priors, m=MRF, c=ITERATIONS, priorweight=prior_weight, r=0, verbose=0
+    )
     cropped = np.stack([p.numpy() for p in result["probabilityimages"]], axis=-1)
     cropped = np.where(inside[..., None], cropped, 0)
     total = cropped.sum(axis=-1, keepdims=True)

@@ -37,7 +37,7 @@ def init_participant_wf(
     inputnode.inputs.t1w = str(t1w_file)
     anat = init_anat_preproc_wf(omp_nthreads=omp_nthreads, brain_extraction=brain_extraction, seed=seed)
     reg = init_registration_wf(omp_nthreads=omp_nthreads, seed=seed)
-    seg = init_segmentation_wf(omp_nthreads=omp_nthreads)
+    seg = init_segmentation_wf(omp_nthreads=omp_nthreads, seed=seed)
     vol = init_volumes_wf(atlas=atlas, omp_nthreads=omp_nthreads)
     out = init_outputs_wf(source_file=str(t1w_file), output_dir=str(output_dir), atlas=atlas)
     wf.connect([

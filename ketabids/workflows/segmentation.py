@@ -9,14 +9,16 @@ from ketabids.interfaces.registration import WarpPriors
 from ketabids.interfaces.segmentation import SegmentTissues
 
 
-def init_segmentation_wf(*, omp_nthreads: int = 1, name: str = "segmentation_wf") -> pe.Workflow:
+def init_segmentation_wf(
+    *, omp_nthreads: int = 1, seed: int = 0, name: str = "segmentation_wf"
+) -> pe.Workflow:
     """inputnode: ``t1w_preproc``, ``brain_mask``, ``inverse``; outputnode: ``gm``, ``wm``, ``csf``, ``dseg``."""
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=["t1w_preproc", "brain_mask", "inverse"]), name="inputnode")
     outputnode = pe.Node(IdentityInterface(fields=["gm", "wm", "csf", "dseg"]), name="outputnode")
     priors = pe.Node(WarpPriors(num_threads=omp_nthreads), name="warp_priors", n_procs=omp_nthreads)
     atropos = pe.Node(
-        SegmentTissues(num_threads=omp_nthreads), name="atropos", n_procs=omp_nthreads, mem_gb=2.0
+        SegmentTissues(seed=seed, num_threads=omp_nthreads), name="atropos", n_procs=omp_nthreads, mem_gb=2.0
     )
     wf.connect([
         (inputnode, priors, [("inverse", "inverse"), ("t1w_preproc", "reference")]),

@@ -435,3 +435,12 @@ def test_logistic_end_to_end_gives_graded_probabilities(tmp_path):
     assert 0 <= card["platt"]["a"] * held["decision"].std() < 20
     metrics = _read(settings, "metrics.tsv").set_index("evaluation")
     assert metrics.loc["cv", "auc"] > 0.6 and metrics.loc["external", "auc"] > 0.6
+
+
+def test_apply_without_treatment_arms_evaluates_everyone_together(trained, tmp_path):
+    settings = _applied(trained, tmp_path, _held(trained, "external")[:20])
+    _edit_participants(settings, lambda t: t.drop(columns=["treatment", "cohort"]))
+    run_group_level(settings)
+    assert set(_read(settings, "predictions.tsv")["evaluation"]) == {"apply"}
+    metrics = _read(settings, "metrics.tsv").set_index("evaluation")
+    assert list(metrics.index) == ["apply"] and metrics.loc["apply", "n"] == 20

@@ -16,6 +16,7 @@ from bids import BIDSLayout
 from ketabids.simulate.__main__ import main
 from ketabids.simulate.cohort import simulate_cohort
 from ketabids.simulate.dataset import write_bids_dataset
+from ketabids.simulate.phantom import make_phantom
 
 SESSIONS = ("pre", "post")
 
@@ -77,24 +78,25 @@ def test_every_scan_has_its_truth_and_rescans_share_it(dataset, design):
 
 
 def test_truth_follows_the_design(dataset, design):
+    """Each participant's true regional GM differs from the same anatomy without change by the design."""
     truth = dataset / "sourcedata" / "truth"
-    first, second = design.participants["participant_id"]
-    volumes = {
-        pid: pd.read_csv(
+    anatomy = pd.read_csv(truth / "anatomy.tsv", sep="\t").set_index("participant_id")
+    assert list(anatomy.index) == list(design.participants["participant_id"])
+    for pid in anatomy.index:
+        volumes = pd.read_csv(
             truth / pid / "ses-pre" / "anat" / f"{pid}_ses-pre_run-1_seg-{design.atlas}_morph.tsv", sep="\t"
         ).set_index("name")["gm_volume_mm3"]
-        for pid in (first, second)
-    }
-    # the ratio between two participants is set by their regional changes and head scales
-    change = design.regional_change
-    expected = (1 + change.loc[second]) / (1 + change.loc[first])
-    expected *= (design.head_scale[second] / design.head_scale[first]) ** 3
-    observed = volumes[second] / volumes[first]
-    large = volumes[first] > 5000
-    assert np.corrcoef(observed[large], expected[large])[0, 1] > 0.9
-    assert (observed[large] / expected[large] - 1).abs().median() < 0.02
-    anatomy = pd.read_csv(truth / "anatomy.tsv", sep="\t")
-    assert list(anatomy["participant_id"]) == [first, second]
+        unchanged = make_phantom(
+            atlas=design.atlas,
+            anatomy_seed=int(anatomy.loc[pid, "anatomy_seed"]),
+            head_scale=float(anatomy.loc[pid, "head_scale"]),
+            voxel_size=(4.0, 4.0, 4.0),
+        ).regional_gm.set_index("name")["gm_volume_mm3"]
+        observed = volumes / unchanged - 1
+        expected = design.regional_change.loc[pid].reindex(observed.index)
+        large = unchanged > 5000
+        assert np.corrcoef(observed[large], expected[large])[0, 1] > 0.9
+        assert (observed[large] - expected[large]).abs().median() < 0.01
 
 
 def test_same_seed_same_dataset(tmp_path, design):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ketabids.bids import MissingT1w, T1wInput, image_problem
 from ketabids.errors import EXIT_BAD_DATA, EXIT_FAILURE, EXIT_INPUT_MISSING
+from ketabids.progress import Progress, tool_output_to
 from ketabids.settings import ParticipantSettings
 
 LOGGER = logging.getLogger("ketabids")
@@ -172,6 +173,13 @@ def input_failures(
     return failures
 
 
+def run_log_path(output_dir: Path, inputs: Sequence[T1wInput]) -> Path:
+    """``output_dir/logs/<sub-X or participants>_<time>_<pid>.log``: one per run, never shared."""
+    name = inputs[0].name if len(inputs) == 1 else "participants"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    return Path(output_dir) / "logs" / f"{name}_{stamp}_{os.getpid()}.log"
+
+
 def run_participant_level(
     settings: ParticipantSettings,
     inputs: Sequence[T1wInput],
@@ -210,23 +218,38 @@ def run_participant_level(
         work_dir,
     )
     started = time.time() - 1
-    try:
-        workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except Exception as exc:  # node failures are read from crash files and the output contract below
-        LOGGER.debug("workflow did not finish cleanly: %s", exc)
+    checked: dict[tuple[str, str | None], ParticipantFailure | None] = {}
+
+    def finished(item: T1wInput) -> None:
+        checked[item.subject, item.session] = failure = contract_failure(item, settings)
+        if failure:
+            LOGGER.error("%s", failure)
+        else:
+            LOGGER.info("%s: finished", item.name)
+
+    log_file = run_log_path(settings.output_dir, runnable)
+    quiet = LOGGER.getEffectiveLevel() > logging.DEBUG
+    LOGGER.info("tool messages (ANTs/ITK) go to %s%s", log_file, "" if quiet else " and the terminal")
+    with tool_output_to(log_file, quiet) as terminal:
+        progress = Progress(workflow, runnable, finished, terminal)
+        try:
+            workflow.run(plugin=plugin, plugin_args={**plugin_args, "status_callback": progress})
+        except Exception as exc:  # node failures are read from crash files and the output contract below
+            LOGGER.debug("workflow did not finish cleanly: %s", exc)
+        finally:
+            progress.close()
     crashed = collect_failures(work_dir / "crash", started, runnable)
     for failure in crashed:
         LOGGER.error("%s", failure)
     failed = {(f.subject, f.session) for f in crashed}
     for item in runnable:
-        if (item.subject, item.session) in failed:
+        key = (item.subject, item.session)
+        if key in failed:
             continue
-        incomplete = contract_failure(item, settings)
-        if incomplete:
-            LOGGER.error("%s", incomplete)
-            crashed.append(incomplete)
-        else:
-            LOGGER.info("%s: finished", item.name)
+        if key not in checked:
+            finished(item)
+        if checked[key]:
+            crashed.append(checked[key])
     errors: dict[tuple[str, str | None], list[str]] = {}
     for failure in crashed:
         errors.setdefault((failure.subject, failure.session), []).append(str(failure))

@@ -24,6 +24,9 @@ MIN_TEMPLATE_SPACING_MM = 2.0
 SYN_ITERATIONS = "100x50x20"
 LINEAR_LEVELS_MM = (12.0, 6.0, 3.0)  # resolutions of the rigid and affine stages
 OUTPUT_SPACING_MM = 1.5  # grid of the template-space outputs (full MNI field of view)
+MASK_TEMPLATE_SPACING_MM = 2.0  # template grid of the brain-extraction fallback's registration
+MASK_SYN_ITERATIONS = "40x20"
+MASK_MARGIN_MM = 6.0  # the template mask grown by this restricts that registration's metric
 
 
 @dataclass(frozen=True)
@@ -236,30 +239,46 @@ def warp_atlas(
     return Path(out_file)
 
 
-def affine_to_template(
-    moving_file: str | os.PathLike, out_dir: str | os.PathLike, *, seed: int = 0
+def template_mask_to_image(
+    moving_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    seed: int = 0,
+    spacing: float = MASK_TEMPLATE_SPACING_MM,
+    syn_iterations: str = MASK_SYN_ITERATIONS,
 ) -> np.ndarray:
-    """Affine (MI) registration of a head image to the template brain; returns the template brain
-    mask resampled onto the moving grid (values in [0, 1])."""
+    """Register a roughly brain-extracted head to the template brain (rigid, affine, SyN) and return
+    the template brain mask on the moving grid (values in [0, 1]).
+
+    The metric is restricted to the template mask dilated by ``MASK_MARGIN_MM``, so that the
+    brain's outer boundary drives the deformation.
+    """
     import ants
     from ants.internal import get_lib_fn
+    from scipy import ndimage
 
     out_dir = Path(out_dir)
-    fixed, fixed_mask = template_fixed_image(3.0, out_dir)
-    moving = Path(moving_file)
-    mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
-    prefix = str(out_dir / "affine_")
-    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(ants_seed(seed))]
-    shrink = shrink_factors(LINEAR_LEVELS_MM, 3.0)
-    args += _stage(mi, "Rigid[0.1]", "500x250x100", shrink, "4x2x1mm")
-    args += _stage(mi, "Affine[0.1]", "500x250x100", shrink, "4x2x1mm")
-    args += ["-o", f"[{prefix}]", "-z", "1", "-v", "0"]
+    fixed, fixed_mask = template_fixed_image(spacing, out_dir)
+    mask_img = nib.load(str(fixed_mask))
+    grown = ndimage.binary_dilation(
+        mask_img.get_fdata() > 0.5, iterations=max(1, round(MASK_MARGIN_MM / spacing))
+    )
+    grown_path = out_dir / f"template_mask_{spacing:g}mm_grown.nii.gz"
+    nib.Nifti1Image(grown.astype(np.float32), mask_img.affine).to_filename(str(grown_path))
+    prefix = str(out_dir / "bet_")
+    args = registration_args(
+        fixed,
+        Path(moving_file),
+        grown_path,
+        prefix,
+        seed=seed,
+        spacing=spacing,
+        syn_iterations=syn_iterations,
+    )
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
-        raise RuntimeError(f"antsRegistration (affine) failed with status {status}")
-    reference = ants.image_read(str(moving))
+        raise RuntimeError(f"antsRegistration (brain extraction) failed with status {status}")
+    reference = ants.image_read(str(moving_file))
     mask = ants.image_read(str(fixed_mask))
-    warped = ants.apply_transforms(
-        reference, mask, [prefix + "0GenericAffine.mat"], interpolator="linear", whichtoinvert=[True]
-    )
+    warped = ants.apply_transforms(reference, mask, [prefix + "InverseComposite.h5"], interpolator="linear")
     return warped.numpy()

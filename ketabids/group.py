@@ -169,7 +169,7 @@ def _prediction_rows(
             "y_true": part["y_true"].astype("Int64").to_numpy(),
             "probability": np.round(probability, 6),
             "y_pred": (decision > 0).astype(int),
-            "decision": np.round(decision, 6),
+            "decision": decision,  # unrounded, so that y_pred = decision > 0 holds in the file
         }
     )
 

@@ -41,6 +41,7 @@ def measure(
     template_mask = resample_from_to(template.mask, warped, order=0).get_fdata() > 0
     qc = {
         "brain_volume_mm3": float(mask_data.sum() * voxel),
+        **morphometry.tissue_fractions(tissue),
         **morphometry.contrast_metrics(_load(t1w), gm_data, wm_data),
         "registration_correlation": morphometry.similarity(
             warped.get_fdata(dtype=np.float32), template_t1w, template_mask

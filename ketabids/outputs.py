@@ -51,6 +51,7 @@ def write_participant_outputs(
     missing = set(names) - set(files)
     if missing:
         raise ValueError(f"missing outputs: {sorted(missing)}")
+    method = brain_extraction_method(pd.read_csv(files["tissue"], sep="\t", na_values=["n/a"]))
     written = {}
     for key, target in names.items():
         if target.suffix == ".tsv":
@@ -60,13 +61,23 @@ def write_participant_outputs(
         else:
             atomic_copy(files[key], target)
         if target.name.endswith((".nii.gz", ".tsv")):
-            write_sidecar(target, sidecar_metadata(key, source_file))
+            write_sidecar(target, sidecar_metadata(key, source_file, method))
         written[key] = target
     return written
 
 
-def sidecar_metadata(key: str, source_file: str | os.PathLike) -> dict[str, object]:
-    """JSON sidecar of an image output: its raw source and, for T1w images, whether skull-stripped."""
+def brain_extraction_method(tissue: pd.DataFrame | None) -> str | None:
+    """The brain-extraction method recorded in a tissue table (``brain_extraction``), if any."""
+    if tissue is None or "brain_extraction" not in tissue or tissue["brain_extraction"].isna().all():
+        return None
+    return str(tissue["brain_extraction"].dropna().iloc[0])
+
+
+def sidecar_metadata(
+    key: str, source_file: str | os.PathLike, brain_extraction: str | None = None
+) -> dict[str, object]:
+    """JSON sidecar of an output: its raw source, its generator, the brain-extraction method that
+    ran (``BrainExtraction``, when known) and, for T1w images, whether skull-stripped."""
     source = Path(source_file)
     parts = source.parts
     start = max(i for i, part in enumerate(parts) if part.startswith("sub-") and i < len(parts) - 1)
@@ -74,6 +85,8 @@ def sidecar_metadata(key: str, source_file: str | os.PathLike) -> dict[str, obje
         "Sources": ["bids:raw:" + "/".join(parts[start:])],
         "GeneratedBy": [{"Name": "ketabids", "Version": __version__}],
     }
+    if brain_extraction:
+        metadata["BrainExtraction"] = brain_extraction
     if key == "t1w_preproc":
         metadata["SkullStripped"] = False
     if key == "t1w_template":
@@ -106,7 +119,11 @@ def write_subject_reports(
             regional = _read_tsv(names["regional"])
             tissue = _read_tsv(names["tissue"])
             row = tissue.iloc[0].to_dict() if tissue is not None else {}
-            qc = {k: v for k, v in row.items() if not k.endswith("_mm3") or k == "brain_volume_mm3"}
+            qc = {
+                k: v
+                for k, v in row.items()
+                if (not k.endswith("_mm3") or k == "brain_volume_mm3") and k != "brain_extraction"
+            }
             if "qc_flag" in qc:
                 qc["qc_flag"] = bool(qc["qc_flag"])
             sessions.append(
@@ -126,6 +143,7 @@ def write_subject_reports(
                     },
                     qc,
                     tuple(errors.get((item.subject, item.session), ())),
+                    brain_extraction_method(tissue),
                 )
             )
         out = Path(output_dir) / f"sub-{subject}.html"

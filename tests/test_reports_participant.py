@@ -395,3 +395,35 @@ def test_group_figure_helpers_draw_pngs(images: dict[str, Path]) -> None:
         figures.weight_bars({"Left_A": 0.5, "Right_B": -1.0, "C": 0.01}, top=2),
     ):
         assert _decode_png(uri).shape[0] > 100
+
+
+def test_report_names_the_brain_extraction_that_ran_and_judges_each_metric(
+    images: dict[str, Path], regional: pd.DataFrame, tmp_path: Path
+) -> None:
+    qc = {**PLAUSIBLE_QC, "registration_correlation": 0.62, "qc_flag": 1,
+          "qc_reasons": "registration_correlation 0.62 < 0.7"}  # fmt: skip
+    inputs = SessionInputs(
+        None, images["t1w"], None, None, None, regional, TISSUE, qc, brain_extraction="template"
+    )
+    text = write_subject_report(
+        tmp_path / "sub-01.html", subject="01", sessions=[inputs], atlas="aal"
+    ).read_text()
+    assert "<th>Brain extraction</th><td>template</td>" in text
+    assert "without a neural network" in text and "extracted with deepbet" not in text
+    assert "registration_correlation 0.62 &lt; 0.7" in text  # the reason, next to the verdict
+    rows = {row["key"]: row for row in qc_table(qc)}
+    assert (
+        rows["registration_correlation"]["range"] == "0.7 - 1"
+        and rows["registration_correlation"]["implausible"]
+    )
+    assert re.search(r"<code>registration_correlation</code>.*?0\.7 - 1</td>\s*<td>flag</td>", text, re.S)
+    assert re.search(r"<code>cnr</code>.*?<td>pass</td>", text, re.S)
+
+
+def test_methods_name_the_brain_extraction_that_ran() -> None:
+    deepbet = participant_methods("aal", {"deepbet": "1.0.2"}).text
+    template = participant_methods("aal", {"deepbet": "1.0.2"}, brain_extraction=("template",)).text
+    assert "extracted with deepbet 1.0.2" in deepbet and "without a neural network" not in deepbet
+    assert "without a neural network" in template and "deepbet" not in template
+    with pytest.raises(ValueError, match="bet"):
+        participant_methods("aal", {}, brain_extraction=("bet",))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 
@@ -151,8 +151,17 @@ def _cite(keys: Sequence[str], cited: list[str]) -> str:
     return "[" + ", ".join(str(cited.index(key) + 1) for key in keys) + "]"
 
 
-def participant_methods(atlas: str, software: Mapping[str, str] | None = None) -> Methods:
-    """The participant-level methods paragraph for ``atlas``, with versions from ``software``."""
+BRAIN_EXTRACTION = ("deepbet", "template")
+
+
+def participant_methods(
+    atlas: str, software: Mapping[str, str] | None = None, *, brain_extraction: Sequence[str] = ("deepbet",)
+) -> Methods:
+    """The participant-level methods paragraph for ``atlas``, with versions from ``software``, naming
+    the brain-extraction method(s) that ran (``deepbet`` and/or ``template``)."""
+    unknown = set(brain_extraction) - set(BRAIN_EXTRACTION)
+    if unknown or not brain_extraction:
+        raise ValueError(f"unknown brain-extraction method(s): {sorted(unknown) or 'none given'}")
     versions = dict(software) if software is not None else software_versions()
     cited: list[str] = []
 
@@ -168,8 +177,7 @@ def participant_methods(atlas: str, software: Mapping[str, str] | None = None) -
         f"algorithms through ANTsPy (antspyx {version('antspyx')}) {cite('antsx')}.",
         "One T1-weighted (T1w) image per participant and session was reoriented to RAS and corrected "
         f"for intensity non-uniformity with N4 {cite('n4')}.",
-        f"The brain was extracted with deepbet {version('deepbet')} {cite('deepbet')}, a convolutional "
-        "neural network run on the CPU.",
+        *[_brain_extraction_sentence(method, version, cite) for method in brain_extraction],
         "The brain was segmented into grey matter (GM), white matter (WM) and cerebrospinal fluid (CSF) "
         f"with Atropos {cite('atropos')}, using the template tissue probability maps as priors; the "
         "posterior probabilities were kept as partial-volume estimates and a hard segmentation was "
@@ -184,9 +192,26 @@ def participant_methods(atlas: str, software: Mapping[str, str] | None = None) -
         "Total intracranial volume (TIV) was the sum of the GM, WM and CSF volumes, and a "
         "Jacobian-modulated GM map in template space was saved for voxel-wise analyses.",
         "Quality-control metrics (contrast-to-noise ratio, coefficient of joint variation, "
-        "signal-to-noise ratio, similarity to the template after registration and brain volume) were "
-        "computed for every image.",
+        "signal-to-noise ratio, GM and WM fractions of TIV, brain volume and the Pearson correlation of "
+        "the registered, bias-corrected brain with the template inside the template brain mask) were "
+        "computed for every image; an image with any metric outside its documented plausible range "
+        "was flagged, with the reason, and left out of the group analysis.",
         f"The regional GM volumes are the inputs of the ketamine-response model of Bryant et al. "
         f"{cite('bryant2026')}.",
     ]
     return Methods(text=" ".join(sentences), references=tuple(REFERENCES[key] for key in cited))
+
+
+def _brain_extraction_sentence(method: str, version: Callable[[str], str], cite: Callable[..., str]) -> str:
+    if method == "deepbet":
+        return (
+            f"The brain was extracted with deepbet {version('deepbet')} {cite('deepbet')}, a "
+            "convolutional neural network run on the CPU."
+        )
+    return (
+        "The brain was extracted without a neural network, after the approach of antsBrainExtraction "
+        f"{cite('antsx')}: the head was cropped 180 mm below the vertex and bias-corrected with N4, a "
+        "rough brain found by intensity thresholding and morphology was registered to the template "
+        "brain (rigid, affine and SyN, with the metric restricted to the dilated template brain mask), "
+        "and the template brain mask was brought back into native space through the inverse transform."
+    )

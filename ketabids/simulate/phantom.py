@@ -204,7 +204,7 @@ def _box_grid(lo: np.ndarray, hi: np.ndarray, spacing: float) -> tuple[tuple[int
 
 @lru_cache(maxsize=2)
 def _head_model() -> tuple[np.ndarray, np.ndarray]:
-    """Non-brain T1w intensity in template space: skull, scalp, face, eyes, neck, spine, shoulders."""
+    """Non-brain T1w intensity in source space: skull, scalp, face, eyes, neck, spine, shoulders."""
     shape, affine = _box_grid(*HEAD_BOX, HEAD_SPACING)
     icv, t_affine = _tissue_maps(1.0)[2:]
     points = _grid_points(shape, affine)
@@ -269,7 +269,7 @@ def _head_model() -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass(frozen=True)
 class _Anatomy:
-    """The subject's pull-back to template space, evaluated where needed."""
+    """The subject's pull-back to source space, evaluated where needed."""
 
     scale: float
     stretch: np.ndarray  # 3 x 3, det 1
@@ -278,10 +278,10 @@ class _Anatomy:
     thickness: np.ndarray  # (nx, ny, nz) shift of the GM/WM border in mm on the same grid (y frame)
     ventricle_growth: float  # divergence of the displacement inside the ventricles
 
-    def template_points(
+    def source_points(
         self, shape: Sequence[int], affine: np.ndarray, displacement: np.ndarray | None = None
     ) -> np.ndarray:
-        """Template coordinates ``y`` (3, N) of the nodes of an axis-aligned subject grid; ``u`` optional."""
+        """Source coordinates ``y`` (3, N) of the nodes of an axis-aligned subject grid; ``u`` optional."""
         to_z = np.diag([1 / self.scale] * 3 + [1.0]) @ affine
         stretch = np.eye(4)
         stretch[:3, :3] = self.stretch
@@ -569,12 +569,15 @@ def make_phantom(
     """Simulate one whole-head T1w scan of a subject and its truth.
 
     ``regional_change`` maps atlas GM region names to fractional GM volume changes relative to the
-    template anatomy (0.10 = +10 %); ``head_scale`` scales the head linearly (TIV ~ head_scale**3).
-    ``anatomy_seed`` draws the subject's shape (a smooth volume-preserving warp and stretch), while
+    same anatomy without change (0.10 = +10 %); ``head_scale`` scales the head linearly (TIV ~
+    head_scale**3). ``atlas`` names the truth labels (the atlas as distributed, see the module
+    docstring). ``anatomy_seed`` draws the subject (a smooth volume-preserving warp and stretch of
+    several mm, cortical thinning or thickening, ventricle enlargement, tissue texture), while
     ``acquisition_seed`` draws the scan: pose (``rotation_deg`` per axis up to ``max_rotation_deg``,
     ``translation_mm``), field of view ``fov`` = (left-right, anterior-posterior, superior-inferior) mm
-    measured down from just above the vertex, storage orientation, an oblique grid, contrast, gain,
-    bias field (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd / WM intensity).
+    measured down from just above the vertex, storage orientation, an oblique grid, GM and CSF
+    contrast, gain, bias field (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd
+    / WM intensity).
     Same anatomy_seed + new acquisition_seed = a rescan. ``neck=False`` drops neck and shoulders.
     The truth lives on an anatomy grid of ``truth_spacing`` mm (default: the smallest voxel size,
     at most 2 mm, so that coarse test scans still have well-resolved truth).
@@ -635,7 +638,7 @@ def _subject_truth(
     labels_arr, l_affine, gm_labels = _atlas_arrays(atlas)
     lo, hi = (BRAIN_BOX[0] - 12) * head_scale, (BRAIN_BOX[1] + 12) * head_scale
     shape, affine = _box_grid(lo, hi, spacing)
-    y0 = anatomy.template_points(shape, affine)
+    y0 = anatomy.source_points(shape, affine)
     u = _regional_displacement(y0, anatomy, dict(change), atlas, shape, affine)
     y = y0 - u.reshape(3, -1)
     icv_t, t_affine = _tissue_maps(spacing)[2:]
@@ -681,7 +684,7 @@ def _subject_head(
     anatomy = _random_anatomy(anatomy_seed, head_scale)
     shape, affine = _box_grid(HEAD_BOX[0] * head_scale, HEAD_BOX[1] * head_scale, spacing)
     head_t, head_t_affine = _head_model()
-    y = anatomy.template_points(shape, affine)
+    y = anatomy.source_points(shape, affine)
     head = _sample(head_t, head_t_affine, y)
     if not neck:
         head[y[2] < -75] = 0.0

@@ -80,7 +80,9 @@ def main() -> None:
     start = time.perf_counter()
     _tissue_maps(1.0)
     _head_model()
-    print(f"one-off set-up (source anatomy, tissue fractions, head model): {time.perf_counter() - start:.1f} s")
+    print(
+        f"one-off set-up (source anatomy, tissue fractions, head model): {time.perf_counter() - start:.1f} s"
+    )
     for voxel in args.voxel_sizes:
         bench(voxel, args.subjects)
 

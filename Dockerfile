@@ -57,5 +57,7 @@ RUN --mount=type=bind,from=wheel,source=/dist,target=/dist \
 
 # Any user id works (docker run --user); nothing is written outside /out, the work dir and /tmp.
 USER 1000:1000
-# -I: host PYTHONPATH, PYTHON* variables and ~/.local (Apptainer binds HOME) never reach the imports.
-ENTRYPOINT ["/opt/venv/bin/python", "-I", "-u", "/opt/venv/bin/ketabids"]
+# A host PYTHONPATH, PYTHON* variables and ~/.local (Apptainer binds HOME) never reach the imports:
+# -I isolates this interpreter, env -u keeps PYTHONPATH/PYTHONHOME from its worker processes.
+ENTRYPOINT ["/usr/bin/env", "-u", "PYTHONPATH", "-u", "PYTHONHOME", "PYTHONNOUSERSITE=1", \
+            "/opt/venv/bin/python", "-I", "-u", "/opt/venv/bin/ketabids"]

@@ -96,7 +96,8 @@ def test_dockerfile_installs_the_pinned_set_and_runs_offline():
     assert "pip install --no-cache-dir -r requirements.txt" in dockerfile
     assert re.search(r"^USER (?!root|0\b)", dockerfile, re.M)
     assert "NIPYPE_NO_ET=1" in dockerfile
-    assert 'ENTRYPOINT ["ketabids"]' in dockerfile
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile.replace("\\\n", ""), re.M).group(1))
+    assert entrypoint[-1] == "/opt/venv/bin/ketabids" and "-I" in entrypoint  # host Python settings stay out
     requirements = (ROOT / "requirements.txt").read_text()
     pins = [line for line in requirements.splitlines() if line and not line.startswith("#")]
     assert all("==" in line for line in pins), "every runtime dependency is pinned"

@@ -131,12 +131,14 @@ def partial_volume_fractions(t1: np.ndarray, means: Sequence[float]) -> tuple[np
 
 
 @lru_cache(maxsize=1)
-def _source_fractions() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """GM, WM, intracranial (ICV) and ventricle fractions, inward WM normals and the affine (1 mm).
+def _source_fractions() -> tuple[np.ndarray, ...]:
+    """GM, WM, intracranial (ICV) and ventricle fractions, WM border slope and the affine (1 mm).
 
     The fractions come from the source brain's own intensities (``partial_volume_fractions``), not
     from any tissue prior; the ICV is the brain mask plus a ``CSF_RIM_MM`` rim of external CSF.
     Ventricles are CSF-dominated voxels deeper than ``VENTRICLE_DEPTH_MM`` below the brain surface.
+    The border slope is the WM fraction's gradient along its own direction (per mm, ~0 away from
+    the GM/WM border): moving the border by ``d`` mm adds ``d * slope`` to the WM fraction.
     """
     img = nib.load(source_brain_path())
     t1 = img.get_fdata(dtype=np.float32)
@@ -149,10 +151,10 @@ def _source_fractions() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray,
     icv = ndimage.gaussian_filter((outside <= CSF_RIM_MM).astype(np.float32), 0.5)
     gm, wm = np.minimum(gm, icv), np.minimum(wm, icv)
     ventricles = ((1 - gm - wm > 0.5) & (depth > VENTRICLE_DEPTH_MM)).astype(np.float32)
-    gradient = np.stack(np.gradient(ndimage.gaussian_filter(wm, 1.0)))  # per voxel step
-    gradient = np.einsum("ji,j...->i...", np.linalg.inv(img.affine[:3, :3]), gradient)  # per mm
-    normals = gradient / np.sqrt((gradient**2).sum(0) + 0.05**2)  # ~unit at the GM/WM border, else ~0
-    return gm, wm, icv, ndimage.gaussian_filter(ventricles, 1.0), normals.astype(np.float32), img.affine
+    gradient = np.stack(np.gradient(ndimage.gaussian_filter(wm, 1.0)))  # per voxel step = per mm
+    squared = (gradient**2).sum(0)
+    slope = (squared / np.sqrt(squared + 0.05**2)).astype(np.float32)  # |grad| where the border is sharp
+    return gm, wm, icv, ndimage.gaussian_filter(ventricles, 1.0), slope, img.affine
 
 
 def _prefilter_sigma(spacing: float) -> float:
@@ -340,16 +342,16 @@ def _atlas_arrays(atlas: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
 def _source_tissues(anatomy: _Anatomy, y: np.ndarray, spacing: float) -> tuple[np.ndarray, ...]:
     """GM, WM and ICV fractions at source points ``y`` (3, N) with the subject's cortical thickness.
 
-    The GM/WM border moves by ``d(y)`` mm along the inward WM normal (``d > 0``: WM grows and the
-    cortex thins; ``d < 0``: the cortex thickens); GM takes what WM gives up or gains, within the ICV.
+    The GM/WM border moves outward by ``d(y)`` mm (to first order: WM + ``d`` x border slope;
+    ``d > 0``: WM grows and the cortex thins; ``d < 0``: the cortex thickens); GM takes what WM
+    gives up or gains, within the ICV.
     """
     gm_t, wm_t, icv_t, affine = _tissue_maps(spacing)
-    normals = _source_fractions()[4]
     icv = _sample(icv_t, affine, y)
+    wm0 = _sample(wm_t, affine, y)
     shift = _sample(anatomy.thickness, anatomy.warp_affine, y)
-    moved = y + shift * np.stack([_sample(n, affine, y) for n in normals])
-    wm = np.minimum(_sample(wm_t, affine, moved), icv)
-    gm = np.clip(_sample(gm_t, affine, y) + _sample(wm_t, affine, y) - wm, 0, icv - wm)
+    wm = np.clip(wm0 + shift * _sample(_source_fractions()[4], affine, y), 0, icv)
+    gm = np.clip(_sample(gm_t, affine, y) + wm0 - wm, 0, icv - wm)
     return gm, wm, icv
 
 
@@ -375,6 +377,23 @@ def _solve_displacement(source: np.ndarray, spacing: float) -> np.ndarray:
         ramp = (np.arange(n, dtype=np.float32) - n / 2) * spacing * mean / 3
         u[i] += ramp.reshape([-1 if j == i else 1 for j in range(3)])
     return u
+
+
+def _ventricle_displacement(
+    y0: np.ndarray, anatomy: _Anatomy, shape: tuple[int, int, int], spacing: float
+) -> np.ndarray:
+    """Displacement (3, *shape) that enlarges the ventricles (divergence = growth inside them).
+
+    Smooth, so solved on a grid of about 3 mm and interpolated to the anatomy grid.
+    """
+    step = max(1, round(3.0 / spacing))
+    ventricles = _sample(_source_fractions()[3], _source_fractions()[5], y0).reshape(shape)
+    coarse = ventricles[::step, ::step, ::step] * anatomy.ventricle_growth
+    u = _solve_displacement(coarse.astype(np.float32), step * spacing / anatomy.scale)
+    nodes = np.indices(shape, dtype=np.float32).reshape(3, -1) / step
+    return np.stack([ndimage.map_coordinates(c, nodes, order=1, mode="nearest") for c in u]).reshape(
+        3, *shape
+    )
 
 
 def _regional_displacement(
@@ -404,11 +423,9 @@ def _regional_displacement(
     """
     spacing = float(affine[0, 0])
     scale = anatomy.scale
-    ventricles = _sample(_source_fractions()[3], _source_fractions()[5], y0).reshape(shape)
-    fixed = (anatomy.ventricle_growth * ventricles).astype(np.float32)
-    u = _solve_displacement(fixed, spacing / scale)
+    u_fixed = _ventricle_displacement(y0, anatomy, shape, spacing)
     if not any(change.values()):
-        return u
+        return u_fixed
     labels, l_affine, gm_labels = _atlas_arrays(atlas)
     lab = _sample(labels, l_affine, y0, order=0).clip(0)
     near = ndimage.binary_dilation((lab > 0).reshape(shape), iterations=max(2, int(6 / spacing))).ravel()
@@ -421,7 +438,7 @@ def _regional_displacement(
         gm = _source_tissues(anatomy, y, spacing)[0]
         return np.bincount(carried, weights=gm, minlength=n_labels) * voxel
 
-    base = measure(u)
+    base = measure(u_fixed)
     regions = gm_labels["index"].to_numpy()
     regions = regions[base[regions] > voxel]
     fraction = np.zeros(n_labels)
@@ -436,7 +453,7 @@ def _regional_displacement(
         if np.all(np.abs(error) <= allowed):
             break
         amplitude[regions] += error  # Jacobi step: a region's volume follows its own source ~1:1
-        u = _solve_displacement(amplitude[lab].reshape(shape) + fixed, spacing / scale)
+        u = _solve_displacement(amplitude[lab].reshape(shape), spacing / scale) + u_fixed
         achieved = measure(u)[regions] / base[regions] - 1
     return u
 

@@ -63,15 +63,16 @@ def regional_gm_volumes(
     return out
 
 
-def tissue_volumes(
-    gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, mask: np.ndarray, voxel_mm3: float
-) -> dict[str, float]:
-    """GM, WM, CSF volumes and TIV (their sum) inside the brain mask, in mm³."""
-    inside = mask > 0
+def tissue_volumes(gm: np.ndarray, wm: np.ndarray, csf: np.ndarray, voxel_mm3: float) -> dict[str, float]:
+    """GM, WM, CSF volumes and TIV (their sum), in mm³, from partial-volume fraction maps.
+
+    The maps are zero outside the intracranial cavity and sum to its fraction inside, so TIV is
+    the cavity's volume (CSF outside the brain included), whatever the brain mask.
+    """
     volumes = {
-        "gm_volume_mm3": float(gm[inside].sum() * voxel_mm3),
-        "wm_volume_mm3": float(wm[inside].sum() * voxel_mm3),
-        "csf_volume_mm3": float(csf[inside].sum() * voxel_mm3),
+        "gm_volume_mm3": float(gm.sum(dtype=np.float64) * voxel_mm3),
+        "wm_volume_mm3": float(wm.sum(dtype=np.float64) * voxel_mm3),
+        "csf_volume_mm3": float(csf.sum(dtype=np.float64) * voxel_mm3),
     }
     return {"tiv_mm3": sum(volumes.values()), **volumes}
 

@@ -176,6 +176,21 @@ def test_rerun_reuses_finished_nodes(run):
 
 
 @pytest.mark.slow
+def test_same_input_and_options_give_byte_identical_outputs(run):
+    """Seeded ANTs/Atropos/deepbet on one thread per step: a second run (Linear plugin instead of
+    MultiProc, new work dir) writes the same bytes (gzip headers carry no time stamp)."""
+    root, _, inputs, _, _ = run
+    again = root / "again"
+    settings = _settings(root, output_dir=again / "out", work_dir=again / "work", nprocs=1)
+    assert run_participant_level(settings, inputs[:1]) == []
+    first, second = root / "out" / "sub-good" / "anat", again / "out" / "sub-good" / "anat"
+    names = sorted(p.name for p in first.iterdir() if p.name.endswith((".nii.gz", "_morph.tsv")))
+    assert len(names) >= 10
+    for name in names:
+        assert (first / name).read_bytes() == (second / name).read_bytes(), name
+
+
+@pytest.mark.slow
 def test_participant_without_crash_file_but_missing_outputs_fails(run, monkeypatch):
     """A worker killed by the OOM killer, or a crash folder that cannot be written, leaves no crash
     file: the participant must still fail, because its output contract is incomplete."""

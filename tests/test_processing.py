@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from ketabids.processing import anat, brain, registration, segmentation
+from ketabids.processing import anat, brain, partial_volume, registration, segmentation
 
 
 def _img(data: np.ndarray, affine: np.ndarray) -> nib.Nifti1Image:
@@ -84,7 +84,7 @@ def test_robust_fov_keeps_height_below_the_vertex():
 def test_hard_segmentation_takes_most_probable_tissue_inside_mask():
     probs = np.array([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.5, 0.3], [0.9, 0.1, 0.0]]])
     mask = np.array([[1, 1, 1, 0]])
-    assert segmentation.hard_segmentation(probs, mask).tolist() == [[1, 3, 2, 0]]
+    assert partial_volume.hard_segmentation(probs, mask > 0).tolist() == [[1, 3, 2, 0]]
 
 
 def test_registration_args_seed_composite_and_syn_levels(tmp_path):
@@ -152,7 +152,9 @@ def test_segment_tissues_on_an_oblique_grid_recovers_three_classes(tmp_path):
         path = tmp_path / f"prior{label}.nii.gz"
         nib.Nifti1Image(ndimage.gaussian_filter((truth == label) * 1.0, 1.0), affine).to_filename(path)
         priors.append(path)
-    result = segmentation.segment_tissues(files["t1w"], files["mask"], tuple(priors), tmp_path)
+    result = segmentation.segment_tissues(
+        files["t1w"], files["mask"], tuple(priors), files["mask"], None, tmp_path
+    )
     dseg = np.asarray(nib.load(result.dseg).dataobj)
     assert (dseg == truth).mean() > 0.97
     gm = nib.load(result.probabilities[0]).get_fdata()

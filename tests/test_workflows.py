@@ -57,6 +57,9 @@ def test_segmentation_graph():
         ("inputnode", "t1w_preproc", "atropos", "in_file"),
         ("inputnode", "brain_mask", "atropos", "mask_file"),
         ("warp_priors", "priors", "atropos", "priors"),
+        ("inputnode", "inverse", "warp_cavity", "inverse"),
+        ("warp_cavity", "cavity", "atropos", "cavity"),
+        ("warp_cavity", "deep_gm", "atropos", "deep_gm"),
         ("atropos", "gm", "outputnode", "gm"),
         ("atropos", "dseg", "outputnode", "dseg"),
     } <= edges(init_segmentation_wf())

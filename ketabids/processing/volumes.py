@@ -28,13 +28,15 @@ def measure(
     atlas_labels: str | os.PathLike,
     atlas: str,
     t1w_in_template: str | os.PathLike,
+    brain_extraction: str,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Regional GM table (one row per atlas label) and the one-row tissue + QC table."""
+    """Regional GM table (one row per atlas label) and the one-row tissue + QC table
+    (which names the ``brain_extraction`` method that ran)."""
     voxel = morphometry.voxel_volume(nib.load(str(gm)).affine)
     gm_data, wm_data, csf_data, mask_data = _load(gm), _load(wm), _load(csf), _load(mask) > 0
     labels = np.rint(_load(atlas_labels)).astype(np.int64)
     regional = morphometry.regional_gm_volumes(gm_data, labels, load_atlas(atlas).labels, voxel)
-    tissue = morphometry.tissue_volumes(gm_data, wm_data, csf_data, mask_data, voxel)
+    tissue = morphometry.tissue_volumes(gm_data, wm_data, csf_data, voxel)
     warped = nib.load(str(t1w_in_template))
     template = load_template()
     template_t1w = resample_from_to(template.t1w, warped, order=1).get_fdata(dtype=np.float32)
@@ -49,4 +51,5 @@ def measure(
     }
     flagged = morphometry.qc_flags({**tissue, **qc})
     row = {**tissue, **qc, "qc_flag": int(bool(flagged)), "qc_reasons": ";".join(flagged) or None}
+    row["brain_extraction"] = brain_extraction
     return regional, pd.DataFrame([row])

@@ -81,6 +81,19 @@ REFERENCES: dict[str, Reference] = {
             "10.1007/s12021-011-9109-y",
         ),
         Reference(
+            "fast",
+            "Zhang Y, Brady M, Smith S. Segmentation of brain MR images through a hidden Markov random "
+            "field model and the expectation-maximization algorithm. IEEE Trans Med Imaging. "
+            "2001;20(1):45-57.",
+            "10.1109/42.906424",
+        ),
+        Reference(
+            "cat12",
+            "Gaser C, Dahnke R, Thompson PM, Kurth F, Luders E. CAT: a computational anatomy toolbox for "
+            "the analysis of structural MRI data. GigaScience. 2024;13:giae049.",
+            "10.1093/gigascience/giae049",
+        ),
+        Reference(
             "syn",
             "Avants BB, Epstein CL, Grossman M, Gee JC. Symmetric diffeomorphic image registration with "
             "cross-correlation: evaluating automated labeling of elderly and neurodegenerative brain. "
@@ -178,19 +191,33 @@ def participant_methods(
         "One T1-weighted (T1w) image per participant and session was reoriented to RAS and corrected "
         f"for intensity non-uniformity with N4 {cite('n4')}.",
         *[_brain_extraction_sentence(method, version, cite) for method in brain_extraction],
-        "The brain was segmented into grey matter (GM), white matter (WM) and cerebrospinal fluid (CSF) "
-        f"with Atropos {cite('atropos')}, using the template tissue probability maps as priors; the "
-        "posterior probabilities were kept as partial-volume estimates and a hard segmentation was "
-        "derived from them.",
+        "Grey matter (GM), white matter (WM) and cerebrospinal fluid (CSF) were measured as "
+        f"partial-volume fractions. Atropos {cite('atropos')} labelled each brain voxel with one of "
+        "three Gaussian intensity classes under a light Markov random field; the template tissue "
+        "probability maps, warped to the T1w, only initialised it (prior weight 0), so that the labels "
+        "follow the image. As in FSL FAST and CAT12 "
+        f"{cite('fast', 'cat12')}, voxels inside a class were taken as pure and voxels at a border "
+        "between two classes (CSF/GM, GM/WM, or WM/CSF at the ventricle walls) received the fractions "
+        "given by their intensity between the two pure-class mean intensities (linear mixing), the "
+        "means being estimated from the interior voxels of each class. In the deep grey nuclei "
+        "(thalamus, caudate, putamen, pallidum and accumbens of the Harvard-Oxford atlas "
+        f"{cite('harvard_oxford')}, brought to native space with the inverse transform described "
+        "below), whose T1w intensity lies between those of cortical GM and WM, all non-CSF tissue was "
+        "counted as GM. The hard segmentation is the tissue with the largest fraction.",
         f"The T1w image was registered nonlinearly to the {TEMPLATE_NAME} template {cite('mni2009')} "
         f"(as distributed with nilearn {version('nilearn')} {cite('nilearn')}) with symmetric "
         f"diffeomorphic normalisation (SyN) {cite('syn')}.",
         f"The {ATLASES.get(atlas, atlas).split(' (')[0]} atlas"
         + (f" {cite(atlas)}" if atlas in REFERENCES else "")
         + " was brought into native space with the inverse transform, and the GM volume of each region "
-        "was computed as the sum of the GM probability times the voxel volume.",
-        "Total intracranial volume (TIV) was the sum of the GM, WM and CSF volumes, and a "
-        "Jacobian-modulated GM map in template space was saved for voxel-wise analyses.",
+        "was computed as the sum of the GM fraction times the voxel volume.",
+        "The intracranial cavity was defined in template space as the template brain mask grown by "
+        "2 mm of external CSF and brought to native space with the inverse transform; inside it, but "
+        "outside the brain mask, tissue was counted as CSF, and all fractions were weighted by it. "
+        "Total intracranial volume (TIV), the sum of the GM, WM and CSF volumes as in CAT12, is thus "
+        "the volume of the intracranial cavity including the CSF outside the brain, and does not "
+        "depend on the outer edge of the brain mask. A Jacobian-modulated GM map in template space "
+        "was saved for voxel-wise analyses.",
         "Quality-control metrics (contrast-to-noise ratio, coefficient of joint variation, "
         "signal-to-noise ratio, GM and WM fractions of TIV, brain volume and the Pearson correlation of "
         "the registered, bias-corrected brain with the template inside the template brain mask) were "
@@ -213,5 +240,6 @@ def _brain_extraction_sentence(method: str, version: Callable[[str], str], cite:
         f"{cite('antsx')}: the head was cropped 180 mm below the vertex and bias-corrected with N4, a "
         "rough brain found by intensity thresholding and morphology was registered to the template "
         "brain (rigid, affine and SyN, with the metric restricted to the dilated template brain mask), "
-        "and the template brain mask was brought back into native space through the inverse transform."
+        "and the template brain mask, grown by 1 mm to take in the external CSF, was brought back into "
+        "native space through the inverse transform."
     )

@@ -38,7 +38,7 @@ def init_participant_wf(
     anat = init_anat_preproc_wf(omp_nthreads=omp_nthreads, brain_extraction=brain_extraction, seed=seed)
     reg = init_registration_wf(omp_nthreads=omp_nthreads, seed=seed)
     seg = init_segmentation_wf(omp_nthreads=omp_nthreads, seed=seed)
-    vol = init_volumes_wf(atlas=atlas, omp_nthreads=omp_nthreads)
+    vol = init_volumes_wf(atlas=atlas, omp_nthreads=omp_nthreads, brain_extraction=brain_extraction)
     out = init_outputs_wf(source_file=str(t1w_file), output_dir=str(output_dir), atlas=atlas)
     wf.connect([
         (inputnode, anat, [("t1w", "inputnode.t1w")]),

@@ -11,7 +11,9 @@ from ketabids.interfaces.registration import ModulatedGM, WarpAtlas
 INPUT_FIELDS = ["t1w_preproc", "brain_mask", "gm", "wm", "csf", "forward", "inverse", "t1w_in_template"]
 
 
-def init_volumes_wf(*, atlas: str, omp_nthreads: int = 1, name: str = "volumes_wf") -> pe.Workflow:
+def init_volumes_wf(
+    *, atlas: str, omp_nthreads: int = 1, brain_extraction: str = "deepbet", name: str = "volumes_wf"
+) -> pe.Workflow:
     """inputnode: ``INPUT_FIELDS``; outputnode: ``regional``, ``tissue`` (TSV), ``modulated_gm``."""
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
@@ -19,7 +21,9 @@ def init_volumes_wf(*, atlas: str, omp_nthreads: int = 1, name: str = "volumes_w
     warp_atlas = pe.Node(
         WarpAtlas(atlas=atlas, num_threads=omp_nthreads), name="warp_atlas", n_procs=omp_nthreads
     )
-    morphometry = pe.Node(Morphometry(atlas=atlas), name="morphometry", mem_gb=1.5)
+    morphometry = pe.Node(
+        Morphometry(atlas=atlas, brain_extraction=brain_extraction), name="morphometry", mem_gb=1.5
+    )
     modulate = pe.Node(
         ModulatedGM(num_threads=omp_nthreads), name="modulate", n_procs=omp_nthreads, mem_gb=1.5
     )

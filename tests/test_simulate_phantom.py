@@ -9,8 +9,9 @@ import pandas as pd
 import pytest
 from nibabel.processing import resample_to_output
 
+from ketabids.data.atlases import atlas_data_dir
 from ketabids.data.templates import load_template
-from ketabids.simulate.phantom import class_means, make_phantom, partial_volume_fractions
+from ketabids.simulate.phantom import _atlas_arrays, class_means, make_phantom, partial_volume_fractions
 
 VOXEL = (4.0, 4.0, 4.0)
 GROW, SHRINK = "Left_MFG_middle_frontal_gyrus", "Right_Cerebellum_Exterior"
@@ -179,6 +180,14 @@ def test_anatomies_and_contrasts_vary():
     gm_wm = [r["gm_volume_mm3"] / r["wm_volume_mm3"] for r in ratios]  # cortical thickness differs
     assert abs(gm_wm[0] - gm_wm[1]) > 0.02
     assert phantoms[0].acquisition["contrast_gm_csf"] != phantoms[1].acquisition["contrast_gm_csf"]
+
+
+def test_truth_labels_are_the_atlas_as_distributed():
+    """The truth labels are the atlas file in its original space, not the template-space atlas."""
+    source = nib.load(atlas_data_dir() / "atlas_harvard_oxford.nii.gz")
+    labels, affine, _ = _atlas_arrays("harvard_oxford")
+    np.testing.assert_allclose(affine, source.affine)
+    assert labels.shape == source.shape[:3]
 
 
 def test_harvard_oxford_truth_in_its_own_space():

@@ -101,8 +101,9 @@ def tool_output_to(log_file: Path, quiet: bool) -> Iterator[TextIO]:
 
     ITK writes its warnings ("NIfTI spatial units are 'unknown'", "file NULL does not exist") to
     the C-level stderr, in the worker processes too (they inherit descriptor 2), so redirecting
-    the descriptor is what keeps them out of the terminal. ketabids' own log lines keep going to
-    the terminal and are copied into ``log_file``.
+    the descriptor is what keeps them out of the terminal. Nipype's own messages (node errors
+    with their tracebacks; the crash files keep them too) go to ``log_file`` as well. ketabids'
+    lines keep going to the terminal (one line per failure) and are copied into ``log_file``.
     """
     log_file.parent.mkdir(parents=True, exist_ok=True)
     file_handler = _LogFile(log_file)
@@ -118,22 +119,32 @@ def tool_output_to(log_file: Path, quiet: bool) -> Iterator[TextIO]:
     sys.stderr.flush()
     saved = os.dup(2)
     terminal = os.fdopen(saved, "w", buffering=1)
-    handlers = [
-        h
-        for h in logging.getLogger().handlers
-        if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) is sys.stderr
-    ]
-    with open(log_file, "a") as chatter:
-        os.dup2(chatter.fileno(), 2)
-    for handler in handlers:
-        handler.setStream(terminal)
+    chatter = open(log_file, "a", buffering=1)  # noqa: SIM115 - closed below
+    os.dup2(chatter.fileno(), 2)
+    swapped = [(h, h.stream) for h in _console_handlers()]
+    nipype = _nipype_handlers()
+    for handler, _ in swapped:
+        # ketabids' own lines stay on the terminal; Nipype's node errors and tracebacks go to the file
+        handler.setStream(chatter if handler in nipype else terminal)
     try:
         yield terminal
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
-        for handler in handlers:
-            handler.setStream(sys.stderr)
+        for handler, stream in swapped:
+            handler.setStream(stream)
         terminal.close()
+        chatter.close()
         LOGGER.removeHandler(file_handler)
         file_handler.close()
+
+
+def _nipype_handlers() -> list[logging.Handler]:
+    names = [n for n in logging.root.manager.loggerDict if n == "nipype" or n.startswith("nipype.")]
+    return [h for n in names for h in getattr(logging.getLogger(n), "handlers", [])]
+
+
+def _console_handlers() -> list[logging.StreamHandler]:
+    """Console handlers: the root logger's on stderr/stdout, and every one of Nipype's loggers."""
+    root = [h for h in logging.getLogger().handlers if getattr(h, "stream", None) in (sys.stderr, sys.stdout)]
+    return [h for h in (*root, *_nipype_handlers()) if type(h) is logging.StreamHandler]

@@ -64,6 +64,8 @@ def test_progress_lines_and_finished_per_participant(tmp_path, caplog, plugin):
 
 
 def test_tool_chatter_goes_to_the_log_file_not_the_terminal(tmp_path, capfd):
+    import nipype  # noqa: F401 - sets up Nipype's console handlers
+
     logger = logging.getLogger("ketabids")
     handler = logging.StreamHandler(sys.stderr)
     logging.getLogger().addHandler(handler)
@@ -76,14 +78,18 @@ def test_tool_chatter_goes_to_the_log_file_not_the_terminal(tmp_path, capfd):
                 [sys.executable, "-c", "import sys; sys.stderr.write('file NULL does not exist\\n')"]
             )
             logger.info("sub-01: register done (5/11), 2.4 min")
+            logging.getLogger("nipype.workflow").error("Traceback (most recent call last): node crashed")
         logger.info("after the run")
     finally:
         logging.getLogger().removeHandler(handler)
-    terminal = capfd.readouterr().err
+    captured = capfd.readouterr()
+    terminal = captured.err
     assert "register done" in terminal and "after the run" in terminal
     assert "spatial units" not in terminal and "file NULL" not in terminal
+    assert "Traceback" not in terminal + captured.out
     saved = log_file.read_text()
     assert "spatial units" in saved and "file NULL does not exist" in saved and "register done" in saved
+    assert "node crashed" in saved
     assert "after the run" not in saved
 
 

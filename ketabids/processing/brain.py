@@ -100,6 +100,8 @@ def rough_brain(data: np.ndarray, zooms: tuple[float, ...]) -> np.ndarray:
     ``TISSUE_FRACTION`` of it are eroded by ``BRIDGE_MM`` to cut bridges to scalp and neck, the
     component holding most of the core is grown back, closed and filled.
     """
+    if not (data > 0).any():
+        raise ValueError("the image is empty")
     head = ndimage.binary_fill_holes(data > 0.1 * np.percentile(data[data > 0], 99))
     depth = ndimage.distance_transform_edt(head, sampling=zooms)
     top = np.flatnonzero(head.any(axis=(0, 1))).max()

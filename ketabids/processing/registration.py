@@ -27,6 +27,9 @@ OUTPUT_SPACING_MM = 1.5  # grid of the template-space outputs (full MNI field of
 MASK_TEMPLATE_SPACING_MM = 2.0  # template grid of the brain-extraction fallback's registration
 MASK_SYN_ITERATIONS = "40x20"
 MASK_MARGIN_MM = 6.0  # the template mask grown by this restricts that registration's metric
+# The template brain mask hugs the brain; grown by 1 mm it takes in external CSF as the intracranial
+# cavity does (phantoms: Dice with the truth cavity 0.943 -> 0.96, volume -10 % -> -5 %, deepbet -6 %).
+MASK_GROW_MM = 1
 
 
 @dataclass(frozen=True)
@@ -248,7 +251,7 @@ def template_mask_to_image(
     syn_iterations: str = MASK_SYN_ITERATIONS,
 ) -> np.ndarray:
     """Register a roughly brain-extracted head to the template brain (rigid, affine, SyN) and return
-    the template brain mask on the moving grid (values in [0, 1]).
+    the template brain mask, grown by ``MASK_GROW_MM``, on the moving grid (values in [0, 1]).
 
     The metric is restricted to the template mask dilated by ``MASK_MARGIN_MM``, so that the
     brain's outer boundary drives the deformation.
@@ -278,7 +281,9 @@ def template_mask_to_image(
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
         raise RuntimeError(f"antsRegistration (brain extraction) failed with status {status}")
+    template = load_template().mask  # 1 mm, grown by MASK_GROW_MM voxels of 1 mm
+    brain = ndimage.binary_dilation(template.get_fdata() > 0.5, iterations=MASK_GROW_MM)
+    mask = ants.from_nibabel_nifti(nib.Nifti1Image(brain.astype(np.float32), template.affine))
     reference = ants.image_read(str(moving_file))
-    mask = ants.image_read(str(fixed_mask))
     warped = ants.apply_transforms(reference, mask, [prefix + "InverseComposite.h5"], interpolator="linear")
     return warped.numpy()

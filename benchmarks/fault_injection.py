@@ -201,6 +201,9 @@ def main() -> int:
         problems = [f"exit {code}"] if code else []
         report("read-only input + read-only HOME + no network", problems + missing_outputs(ref, "01"))
     reference = fingerprint(ref, "01")
+    terminal = (top / "reference.log").read_text(errors="replace")
+    chatter = sum(line.count("NIftI") + line.count("file NULL") for line in terminal.splitlines())
+    notes.append(f"ANTs/ITK warnings on the terminal of the reference run: {chatter}")
 
     # 2. SIGKILL after several steps, rerun with the same -w each time
     out, work = top / "killed", top / "killed-work"

@@ -97,11 +97,12 @@ class _LogFile(logging.FileHandler):
 
 @contextmanager
 def tool_output_to(log_file: Path, quiet: bool) -> Iterator[TextIO]:
-    """During the block, send file descriptor 2 to ``log_file`` (when ``quiet``); yield the terminal.
+    """During the block, send file descriptors 1 and 2 to ``log_file`` (when ``quiet``); yield the
+    terminal (the original stderr).
 
-    ITK writes its warnings ("NIfTI spatial units are 'unknown'", "file NULL does not exist") to
-    the C-level stderr, in the worker processes too (they inherit descriptor 2), so redirecting
-    the descriptor is what keeps them out of the terminal. Nipype's own messages (node errors
+    ITK prints its warnings at C level ("NIfTI spatial units are 'unknown'" on stdout, "file NULL
+    does not exist" on stderr), in the worker processes too (they inherit the descriptors), so
+    redirecting the descriptors is what keeps them out of the terminal. Nipype's own messages (node errors
     with their tracebacks; the crash files keep them too) go to ``log_file`` as well. ketabids'
     lines keep going to the terminal (one line per failure) and are copied into ``log_file``.
     """
@@ -116,10 +117,12 @@ def tool_output_to(log_file: Path, quiet: bool) -> Iterator[TextIO]:
             LOGGER.removeHandler(file_handler)
             file_handler.close()
         return
+    sys.stdout.flush()
     sys.stderr.flush()
-    saved = os.dup(2)
+    saved_out, saved = os.dup(1), os.dup(2)
     terminal = os.fdopen(saved, "w", buffering=1)
     chatter = open(log_file, "a", buffering=1)  # noqa: SIM115 - closed below
+    os.dup2(chatter.fileno(), 1)
     os.dup2(chatter.fileno(), 2)
     swapped = [(h, h.stream) for h in _console_handlers()]
     nipype = _nipype_handlers()
@@ -129,7 +132,10 @@ def tool_output_to(log_file: Path, quiet: bool) -> Iterator[TextIO]:
     try:
         yield terminal
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
+        os.dup2(saved_out, 1)
+        os.close(saved_out)
         os.dup2(saved, 2)
         for handler, stream in swapped:
             handler.setStream(stream)

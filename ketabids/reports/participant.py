@@ -99,8 +99,8 @@ QC_METRICS: tuple[QcMetric, ...] = (
         r"ncc|similar|registration|^reg_|corr|mutual_info",
         "Similarity to the template after registration",
         "Pearson correlation between the bias-corrected, brain-extracted T1w warped to the template and "
-        "the template, inside the template brain mask (1 = identical). Good scans give 0.8-0.9 (real "
-        "adult scans 0.80-0.82, simulated 0.86-0.89); a registration 5 mm or 10 degrees off gives "
+        "the template, inside the template brain mask (1 = identical). Good scans give 0.8-0.9 (a real "
+        "adult scan 0.80, simulated scans 0.86-0.89); a registration 5 mm or 10 degrees off gives "
         "0.5-0.67, so values below 0.70 point to a failed or partial registration.",
         *_bounds("registration_correlation"),
     ),

@@ -28,9 +28,8 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
     "snr": (5.0, np.inf),
     # Pearson r of the warped bias-corrected brain with the template in the template brain mask.
     # Measured (benchmarks/bench_qc.py): 4 phantom registrations (2 anatomies) 0.86-0.89; a good
-    # real adult scan 0.798 and a rotated copy
-    # of it 0.816 (issue 7); the same phantom registrations shifted by 5 mm 0.63-0.67, rotated by
-    # 10 degrees 0.51-0.56.
+    # real adult scan 0.798 and a rotated copy of it 0.816 (issue 7); the same phantom registrations
+    # shifted by 5 mm 0.63-0.67, rotated by 10 degrees 0.51-0.56.
     # 0.70 passes good scans with margin and flags misregistrations of about 5 mm / 10 degrees.
     # MRIQC and CAT12 give no absolute bound (CAT12 flags sample outliers below mean - 2 SD).
     "registration_correlation": (0.70, 1.0),

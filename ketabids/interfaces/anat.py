@@ -58,7 +58,7 @@ class N4BiasCorrection(SimpleInterface):
 
 
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
-    in_file = File(exists=True, mandatory=True, desc="bias-corrected whole-head T1w")
+    in_file = File(exists=True, mandatory=True, desc="whole-head T1w in RAS, not bias-corrected")
     method = traits.Enum("deepbet", "template", usedefault=True, desc="deepbet CNN or template fallback")
     seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, desc="threads")

@@ -223,6 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     grp.add_argument(
         "--model",
+    grp.add_argument(
+        "--conformal-alpha",
+        type=_fraction,
+        default=DEFAULT_GROUP.conformal_alpha,
+        help="error level of the conformal prediction sets (label-conditional coverage 1 - alpha)",
+    )
         type=Path,
         metavar="FILE",
         help="apply this model.skops (trained elsewhere) instead of training",
@@ -415,6 +421,7 @@ def _run_group(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> in
     return EXIT_OK
 
 
+        conformal_alpha=args.conformal_alpha,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ketabids; return the exit code (0 ok, 1 failure, 16 invalid BIDS, 64 usage, 65 bad data, 66 missing)."""
     parser = build_parser()

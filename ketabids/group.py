@@ -26,6 +26,7 @@ from ketabids.derivatives import (
 )
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.learning import cohorts, compat
+from ketabids.learning.conformal import prediction_sets, set_label
 from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
 from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
 from ketabids.learning.inputs import GroupInputs, load_inputs
@@ -157,10 +158,15 @@ def _cv_row(y: np.ndarray, cv: CVResult, protocol: Protocol, null: pd.DataFrame,
 
 
 def _prediction_rows(
-    table: pd.DataFrame, rows: np.ndarray, decision: np.ndarray, probability: np.ndarray
+    table: pd.DataFrame,
+    rows: np.ndarray,
+    decision: np.ndarray,
+    probability: np.ndarray,
+    sets: np.ndarray | None = None,
 ) -> pd.DataFrame:
+    """Rows of ``predictions.tsv``; ``sets`` (boolean (n, 2) conformal sets) adds ``prediction_set``."""
     part = table.iloc[rows]
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {
             "participant_id": part.index,
             "cohort": part["cohort"].to_numpy(),
@@ -172,6 +178,9 @@ def _prediction_rows(
             "decision": decision,  # unrounded, so that y_pred = decision > 0 holds in the file
         }
     )
+    if sets is not None:
+        out["prediction_set"] = [set_label(members) for members in sets]
+    return out
 
 
 def _model_card(settings: GroupSettings, inputs: GroupInputs, protocol: Protocol, extra: dict) -> dict:
@@ -283,6 +292,8 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         protocol.classifier, best_c, inputs.covariates.shape[1], seed=settings.random_seed
     )
     model = CalibratedModel(pipeline, *fast.platt).fit(matrix[rows], y[rows].astype(int))
+    model.calibrate_conformal(cv.mean_probability, y[rows])
+    alpha = settings.conformal_alpha
 
     LOGGER.info("permutation test: %d permutations", settings.n_permutations)
     null = null_distribution(
@@ -290,7 +301,8 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     )
 
     metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
-    predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability)]
+    oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, cv.mean_probability, alpha)
+    predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability, oof_sets)]
     decision = np.full(len(table), np.nan)
     for name, set_rows in apply_sets.items():
         decision[set_rows] = model.decision_function(matrix[set_rows])
@@ -301,7 +313,8 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         metrics.append(row)
         if ":" not in name:
             probability = model.predict_proba(matrix[set_rows])[:, 1]
-            predictions.append(_prediction_rows(table, set_rows, decision[set_rows], probability))
+            sets = model.prediction_sets(matrix[set_rows], alpha)
+            predictions.append(_prediction_rows(table, set_rows, decision[set_rows], probability, sets))
     specificity = _specificity_row(y, decision, apply_sets, settings)
     if specificity is not None:
         metrics.append(specificity)
@@ -320,6 +333,12 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
             "training_sites": sorted(training_sites.unique()),
             "cv_metrics": _metrics_json(metrics_table.iloc[:1])["cv"],
             "c_chosen_in_cv": {str(c): int((cv.c_chosen == c).sum()) for c in protocol.c_grid},
+            "conformal": {
+                "method": "Mondrian (label-conditional) split conformal, crepes, hinge score",
+                "calibration": "training cohort's repeat-averaged out-of-fold probabilities",
+                "n_calibration": int(rows.size),
+                "alpha_at_training": alpha,
+            },
         },
     )
     card = save_model(model, group_dir / "model.skops", card)
@@ -380,6 +399,12 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     matrix = inputs.matrix().to_numpy(dtype=float)
     decision = model.decision_function(matrix)
     probability = model.predict_proba(matrix)[:, 1]
+    conformal_sets = model.prediction_sets(matrix, settings.conformal_alpha)
+    if conformal_sets is None:
+        notes.append(
+            f"{settings.model_file} has no conformal calibration (written by an older ketabids): "
+            "no prediction sets are available"
+        )
     table = inputs.table
     y = table["y_true"].to_numpy(dtype=float)
     sets = _apply_sets(table)
@@ -394,7 +419,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     _write_json({**card, "applied_to": str(settings.bids_dir)}, group_dir / "model.json")
     return inputs, {
         "mode": "apply",
-        "predictions": _prediction_rows(table, np.arange(len(table)), decision, probability),
+        "predictions": _prediction_rows(table, np.arange(len(table)), decision, probability, conformal_sets),
         "metrics": metrics_table,
         "weights": weights,
         "null": pd.DataFrame(),

@@ -61,6 +61,7 @@ class GroupSettings:
     discovery_cohort: str = "discovery"
     model_file: Path | None = None
     force_model: bool = False  # apply despite a threshold or major library-version mismatch
+    conformal_alpha: float = 0.10  # error level of the conformal prediction sets
     n_jobs: int = 1
     random_seed: int = 0
     allow_mixed_versions: bool = False

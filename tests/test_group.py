@@ -444,3 +444,29 @@ def test_apply_without_treatment_arms_evaluates_everyone_together(trained, tmp_p
     assert set(_read(settings, "predictions.tsv")["evaluation"]) == {"apply"}
     metrics = _read(settings, "metrics.tsv").set_index("evaluation")
     assert list(metrics.index) == ["apply"] and metrics.loc["apply", "n"] == 20
+
+
+def test_prediction_sets_cover_and_old_models_without_them_still_apply(trained, tmp_path):
+    predictions = _read(trained, "predictions.tsv").set_index("participant_id")
+    known = predictions[predictions["y_true"].notna()]
+    sets = known["prediction_set"].fillna("").astype(str)
+    assert set(sets) <= {"0", "1", "0,1", ""}
+    covered = [str(int(y)) in s.split(",") for y, s in zip(known["y_true"], sets, strict=True)]
+    cv = known["evaluation"] == "cv"
+    assert np.mean(np.array(covered)[cv.to_numpy()]) >= 0.9  # in-sample calibration: at least nominal
+    assert 0.75 <= np.mean(np.array(covered)[~cv.to_numpy()]) <= 1.0  # ~100 external/control
+    card = json.loads((trained.output_dir / "group" / "model.json").read_text())
+    assert card["conformal"]["n_calibration"] == 98
+
+    path = _copy_model(trained, tmp_path / "old")
+    model = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+    del model.conformal_scores_, model.conformal_labels_
+    sio.dump(model, path)
+    _reseal(path)
+    held = _held(trained, "external")
+    settings = replace(_subset_dataset(trained, tmp_path / "site", held), model_file=path, n_permutations=0)
+    run_group_level(settings)
+    applied = _read(settings, "predictions.tsv").set_index("participant_id")
+    assert "prediction_set" not in applied.columns
+    np.testing.assert_allclose(applied["probability"], predictions.loc[held, "probability"], atol=1e-6)
+    assert "no prediction sets are available" in (settings.output_dir / "group" / "report.html").read_text()

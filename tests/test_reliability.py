@@ -362,3 +362,20 @@ def test_simulated_tables_default_path_is_accepted_by_the_app(tmp_path):
     (bids_dir / "dataset_description.json").write_text(json.dumps({"Name": "t", "BIDSVersion": "1.10.0"}))
     args = build_parser().parse_args([str(bids_dir), str(out), "group"])
     assert _check_paths(args)[1] == out.resolve()  # not refused as "inside the input dataset"
+
+
+def test_dependency_floors_exclude_vulnerable_and_untested_versions():
+    import tomllib
+    from packaging.requirements import Requirement
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    specs = {r.name: r.specifier for r in map(Requirement, dependencies)}
+    assert "0.11.0" not in specs["skops"] and "0.12.0" in specs["skops"]  # CVE-2025-54412/54413
+    for name, untested in (("scikit-learn", "99.0"), ("antspyx", "99.0")):
+        assert untested not in specs[name], f"{name} needs an upper bound"
+    pinned = dict(
+        line.split("==") for line in (ROOT / "requirements.txt").read_text().split() if "==" in line
+    )
+    for name, spec in specs.items():
+        if name in pinned:
+            assert pinned[name] in spec, f"requirements.txt pins {name} outside pyproject's range"

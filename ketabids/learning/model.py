@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
+from ketabids.learning.conformal import calibration_scores, prediction_sets
 from ketabids.learning.preprocessing import ResidualParams, apply_residualizer, fit_residualizer
 
 CLASSIFIERS = ("svm-linear", "svm-rbf", "logistic")
@@ -129,7 +130,8 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
     """A fitted pipeline whose decision values are mapped to probabilities by a Platt sigmoid.
 
     ``platt_a``/``platt_b`` come from the inner cross-validation's out-of-fold decision values,
-    so the calibration never sees the rows it is applied to during validation.
+    so the calibration never sees the rows it is applied to during validation. Conformal
+    calibration (``calibrate_conformal``) is optional: model files written before it have none.
     """
 
     def __init__(self, pipeline: Pipeline | None = None, platt_a: float = 1.0, platt_b: float = 0.0):
@@ -151,3 +153,16 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         return (self.decision_function(X) > 0).astype(int)
+
+    def calibrate_conformal(self, probability: np.ndarray, y: np.ndarray) -> CalibratedModel:
+        """Store the conformal calibration scores of out-of-fold ``probability`` with labels ``y``."""
+        self.conformal_scores_ = calibration_scores(probability, y)
+        self.conformal_labels_ = np.asarray(y).astype(np.int64)
+        return self
+
+    def prediction_sets(self, X, alpha: float) -> np.ndarray | None:
+        """Boolean (n, 2) Mondrian conformal sets at error level ``alpha``; None without calibration."""
+        if getattr(self, "conformal_scores_", None) is None:
+            return None
+        probability = self.predict_proba(X)[:, 1]
+        return prediction_sets(self.conformal_scores_, self.conformal_labels_, probability, alpha)

@@ -122,7 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not run the BIDS validator on the input dataset",
     )
-    sel.add_argument("--atlas", choices=sorted(ATLASES), default="neuromorphometrics", help="regional atlas")
+    sel.add_argument(
+        "--atlas",
+        choices=sorted(ATLASES),
+        default="neuromorphometrics",
+        help="regional atlas, shipped in MNI152NLin2009aSym with its provenance: neuromorphometrics "
+        "(SPM12's Neuromorphometrics labels), aal (AAL2, 120 regions), harvard_oxford (FSL's "
+        "Harvard-Oxford cortical + subcortical)",
+    )
 
     res = parser.add_argument_group("resources and reproducibility")
     res.add_argument(
@@ -302,6 +309,16 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _check_atlas(name: str) -> None:
+    """Refuse (exit 64) an atlas whose shipped label image, table or provenance is missing or invalid."""
+    from ketabids.data.atlases import AtlasError, check_atlas
+
+    try:
+        check_atlas(name)
+    except AtlasError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
     from ketabids.bids import check_bids_dir
 
@@ -431,6 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exc.code or 0)
     _configure_logging(args.verbose)
     try:
+        _check_atlas(args.atlas)
         bids_dir, output_dir, work_dir = _check_paths(args)
         _prepare_environment()
         if args.analysis_level == "participant":

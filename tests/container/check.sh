@@ -8,6 +8,7 @@
 # use instead of python:3.11-slim-bookworm), KETABIDS_TORCH_WHEELS (a folder holding the CPU torch
 # wheel; default: pip's find-links folder if it holds one, else PyTorch's CPU index), PIP_CERT.
 set -euo pipefail
+{ # read whole before it runs: editing this file during a run cannot derail the run
 root=$(cd "$(dirname "$0")/../.." && pwd)
 here=$root/tests/container
 version=$(cat "$root/version")
@@ -39,9 +40,12 @@ if [ -z "$base" ]; then
   if "$engine" image inspect "$upstream_base" >/dev/null 2>&1 \
     || timeout 120 "$engine" pull -q "docker.io/library/$upstream_base" >/dev/null 2>&1; then
     base=$upstream_base
+  elif [ "$engine" = docker ]; then
+    echo "check.sh: docker cannot pull $upstream_base (a stand-in base needs podman build --from)" >&2
+    exit 1
   else
     base=localhost/ketabids-base:bookworm
-    say "cannot pull $upstream_base: building $base from Debian packages"
+    say "cannot pull $upstream_base: using $base, built from Debian packages"
     "$engine" image inspect "$base" >/dev/null 2>&1 || bash "$here/build-base.sh" "$engine" "$base"
   fi
 fi
@@ -156,3 +160,5 @@ if [ "$failures" -gt 0 ]; then
   exit 1
 fi
 say "all container checks passed"
+exit 0
+}

@@ -69,6 +69,7 @@ def test_rescan_has_identical_truth_but_a_new_scan(base):
     assert not np.allclose(rescan.gm.affine, base.gm.affine)  # the pose moves the truth in world space
     assert not np.allclose(rescan.t1w.affine, base.t1w.affine)
     assert rescan.acquisition["rotation_deg"] != base.acquisition["rotation_deg"]
+    assert rescan.acquisition["contrast_gm_csf"] == base.acquisition["contrast_gm_csf"]  # same subject
 
 
 def test_same_seeds_same_phantom(base):

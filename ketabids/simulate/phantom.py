@@ -17,8 +17,9 @@ Frames (all in mm):
   the ventricles; the cortex is thinned or thickened by a smooth random shift of the GM/WM border;
 * scanner ("world") space ``p = R x + t`` (the head pose), sampled on the scanner grid.
 
-The anatomy depends only on ``anatomy_seed``, ``regional_change`` and ``head_scale``; the pose,
-field of view, contrast, bias field and noise only on ``acquisition_seed``. The truth maps live on a
+The anatomy and the tissue contrast (GM and CSF relative to WM) depend only on ``anatomy_seed``,
+``regional_change`` and ``head_scale``, so a rescan keeps them; the pose, field of view, gain,
+bias field and noise only on ``acquisition_seed``. The truth maps live on a
 grid aligned with the anatomy (spacing = the smallest voxel size, at most 2 mm) whose affine carries
 the pose, so they overlay the T1w in world space and are identical between rescans up to that affine.
 """
@@ -489,8 +490,15 @@ class _Acquisition:
         }
 
 
+def _random_contrast(anatomy_seed: int) -> tuple[float, float]:
+    """GM and CSF intensities relative to WM: they vary between subjects, not between rescans."""
+    rng = np.random.default_rng([anatomy_seed, 5])
+    return float(rng.uniform(*GM_RANGE)), float(rng.uniform(*CSF_RANGE))
+
+
 def _random_acquisition(
     seed: int,
+    anatomy_seed: int,
     rotation_deg: Sequence[float] | None,
     translation_mm: Sequence[float] | None,
     fov: Sequence[float] | None,
@@ -507,7 +515,7 @@ def _random_acquisition(
         top_margin_mm=float(rng.uniform(5, 30)),
         grid_tilt=float(rng.choice([0.0, rng.uniform(0.3, 1.0)])),
         orientation=str(rng.choice(ORIENTATIONS)),
-        contrast=(float(rng.uniform(*GM_RANGE)), float(rng.uniform(*CSF_RANGE))),
+        contrast=_random_contrast(anatomy_seed),
         gain=float(rng.uniform(600, 1400)),
         bias_coefficients=rng.normal(size=(3, 3, 3)),
     )
@@ -592,12 +600,12 @@ def make_phantom(
     same anatomy without change (0.10 = +10 %); ``head_scale`` scales the head linearly (TIV ~
     head_scale**3). ``atlas`` names the truth labels (the atlas as distributed, see the module
     docstring). ``anatomy_seed`` draws the subject (a smooth volume-preserving warp and stretch of
-    several mm, cortical thinning or thickening, ventricle enlargement, tissue texture), while
+    several mm, cortical thinning or thickening, ventricle enlargement, tissue texture, contrast), while
     ``acquisition_seed`` draws the scan: pose (``rotation_deg`` per axis up to ``max_rotation_deg``,
     ``translation_mm``), field of view ``fov`` = (left-right, anterior-posterior, superior-inferior) mm
-    measured down from just above the vertex, storage orientation, an oblique grid, GM and CSF
-    contrast, gain, bias field (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd
-    / WM intensity).
+    measured down from just above the vertex, storage orientation, an oblique grid, gain, bias field
+    (``bias`` = max relative amplitude) and Rician noise (``noise`` = sd / WM intensity); the GM and
+    CSF contrast belongs to the subject.
     Same anatomy_seed + new acquisition_seed = a rescan. ``neck=False`` drops neck and shoulders.
     The truth lives on an anatomy grid of ``truth_spacing`` mm (default: the smallest voxel size,
     at most 2 mm, so that coarse test scans still have well-resolved truth).
@@ -615,7 +623,9 @@ def make_phantom(
     spacing = min(*voxel_size, MAX_TRUTH_SPACING) if truth_spacing is None else float(truth_spacing)
     key = (anatomy_seed, float(head_scale), tuple(sorted(change.items())), atlas, spacing)
     truth = _subject_truth(*key)
-    acq = _random_acquisition(acquisition_seed, rotation_deg, translation_mm, fov, max_rotation_deg)
+    acq = _random_acquisition(
+        acquisition_seed, anatomy_seed, rotation_deg, translation_mm, fov, max_rotation_deg
+    )
     pose = np.eye(4)
     pose[:3, :3] = Rotation.from_euler("xyz", acq.rotation_deg, degrees=True).as_matrix()
     pose[:3, 3] = acq.translation_mm

@@ -26,6 +26,7 @@ from ketabids.derivatives import (
 )
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.learning import cohorts, compat
+from ketabids.learning.applicability import LIMIT_PERCENTILE, Domain
 from ketabids.learning.conformal import prediction_sets, set_label
 from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
 from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
@@ -163,8 +164,10 @@ def _prediction_rows(
     decision: np.ndarray,
     probability: np.ndarray,
     sets: np.ndarray | None = None,
+    applicability: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> pd.DataFrame:
-    """Rows of ``predictions.tsv``; ``sets`` (boolean (n, 2) conformal sets) adds ``prediction_set``."""
+    """Rows of ``predictions.tsv``; ``sets`` (boolean (n, 2) conformal sets) adds ``prediction_set``,
+    ``applicability`` (percentile, within the limit) adds ``applicability_percentile``/``applicable``."""
     part = table.iloc[rows]
     out = pd.DataFrame(
         {
@@ -180,6 +183,9 @@ def _prediction_rows(
     )
     if sets is not None:
         out["prediction_set"] = [set_label(members) for members in sets]
+    if applicability is not None:
+        out["applicability_percentile"] = np.round(applicability[0], 1)
+        out["applicable"] = np.where(applicability[1], "true", "false")
     return out
 
 
@@ -293,6 +299,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     )
     model = CalibratedModel(pipeline, *fast.platt).fit(matrix[rows], y[rows].astype(int))
     model.calibrate_conformal(cv.mean_probability, y[rows])
+    model.fit_domain(matrix[rows], settings.random_seed)
     alpha = settings.conformal_alpha
 
     LOGGER.info("permutation test: %d permutations", settings.n_permutations)
@@ -302,7 +309,8 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
 
     metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
     oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, cv.mean_probability, alpha)
-    predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability, oof_sets)]
+    own = Domain(**model.domain_).training_cohort()
+    predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability, oof_sets, own)]
     decision = np.full(len(table), np.nan)
     for name, set_rows in apply_sets.items():
         decision[set_rows] = model.decision_function(matrix[set_rows])
@@ -314,7 +322,10 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         if ":" not in name:
             probability = model.predict_proba(matrix[set_rows])[:, 1]
             sets = model.prediction_sets(matrix[set_rows], alpha)
-            predictions.append(_prediction_rows(table, set_rows, decision[set_rows], probability, sets))
+            applicability = model.applicability(matrix[set_rows])
+            predictions.append(
+                _prediction_rows(table, set_rows, decision[set_rows], probability, sets, applicability)
+            )
     specificity = _specificity_row(y, decision, apply_sets, settings)
     if specificity is not None:
         metrics.append(specificity)
@@ -338,6 +349,11 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
                 "calibration": "training cohort's repeat-averaged out-of-fold probabilities",
                 "n_calibration": int(rows.size),
                 "alpha_at_training": alpha,
+            },
+            "applicability": {
+                "method": "Mahalanobis distance, Ledoit-Wolf covariance, residualised scaled features",
+                "reference": "training cohort's out-of-fold distances",
+                "limit_percentile": LIMIT_PERCENTILE,
             },
         },
     )
@@ -405,6 +421,9 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
             f"{settings.model_file} has no conformal calibration (written by an older ketabids): "
             "no prediction sets are available"
         )
+    applicability = model.applicability(matrix)
+    if applicability is None:
+        notes.append(f"{settings.model_file} has no applicability check (written by an older ketabids)")
     table = inputs.table
     y = table["y_true"].to_numpy(dtype=float)
     sets = _apply_sets(table)
@@ -419,7 +438,9 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     _write_json({**card, "applied_to": str(settings.bids_dir)}, group_dir / "model.json")
     return inputs, {
         "mode": "apply",
-        "predictions": _prediction_rows(table, np.arange(len(table)), decision, probability, conformal_sets),
+        "predictions": _prediction_rows(
+            table, np.arange(len(table)), decision, probability, conformal_sets, applicability
+        ),
         "metrics": metrics_table,
         "weights": weights,
         "null": pd.DataFrame(),

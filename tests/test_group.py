@@ -446,7 +446,7 @@ def test_apply_without_treatment_arms_evaluates_everyone_together(trained, tmp_p
     assert list(metrics.index) == ["apply"] and metrics.loc["apply", "n"] == 20
 
 
-def test_prediction_sets_cover_and_old_models_without_them_still_apply(trained, tmp_path):
+def test_prediction_sets_applicability_and_old_models_without_them(trained, tmp_path):
     predictions = _read(trained, "predictions.tsv").set_index("participant_id")
     known = predictions[predictions["y_true"].notna()]
     sets = known["prediction_set"].fillna("").astype(str)
@@ -457,16 +457,21 @@ def test_prediction_sets_cover_and_old_models_without_them_still_apply(trained, 
     assert 0.75 <= np.mean(np.array(covered)[~cv.to_numpy()]) <= 1.0  # ~100 external/control
     card = json.loads((trained.output_dir / "group" / "model.json").read_text())
     assert card["conformal"]["n_calibration"] == 98
+    assert predictions["applicability_percentile"].between(0, 100).all()
+    assert set(predictions["applicable"]) <= {True, False}
+    assert 0.9 <= predictions["applicable"].mean() < 1  # everyone simulated alike: ~1 % beyond the limit
+    beyond = predictions.loc[~predictions["applicable"], "applicability_percentile"]
+    assert (beyond > 99).all()
 
     path = _copy_model(trained, tmp_path / "old")
     model = sio.load(path, trusted=sio.get_untrusted_types(file=path))
-    del model.conformal_scores_, model.conformal_labels_
+    del model.conformal_scores_, model.conformal_labels_, model.domain_
     sio.dump(model, path)
     _reseal(path)
     held = _held(trained, "external")
     settings = replace(_subset_dataset(trained, tmp_path / "site", held), model_file=path, n_permutations=0)
     run_group_level(settings)
     applied = _read(settings, "predictions.tsv").set_index("participant_id")
-    assert "prediction_set" not in applied.columns
+    assert not {"prediction_set", "applicability_percentile", "applicable"} & set(applied.columns)
     np.testing.assert_allclose(applied["probability"], predictions.loc[held, "probability"], atol=1e-6)
     assert "no prediction sets are available" in (settings.output_dir / "group" / "report.html").read_text()

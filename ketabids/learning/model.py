@@ -16,6 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
+from ketabids.learning.applicability import Domain, fit_domain
 from ketabids.learning.conformal import calibration_scores, prediction_sets
 from ketabids.learning.preprocessing import ResidualParams, apply_residualizer, fit_residualizer
 
@@ -131,7 +132,8 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
 
     ``platt_a``/``platt_b`` come from the inner cross-validation's out-of-fold decision values,
     so the calibration never sees the rows it is applied to during validation. Conformal
-    calibration (``calibrate_conformal``) is optional: model files written before it have none.
+    calibration (``calibrate_conformal``) and the applicability check (``fit_domain``) are
+    optional: model files written before them have neither.
     """
 
     def __init__(self, pipeline: Pipeline | None = None, platt_a: float = 1.0, platt_b: float = 0.0):
@@ -166,3 +168,17 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
             return None
         probability = self.predict_proba(X)[:, 1]
         return prediction_sets(self.conformal_scores_, self.conformal_labels_, probability, alpha)
+
+    def fit_domain(self, X, seed: int = 0) -> CalibratedModel:
+        """Fit the applicability check on the training rows ``X`` (features and covariates)."""
+        domain = fit_domain(self.pipeline[:-1].transform(X), seed)
+        self.domain_ = {name: getattr(domain, name) for name in Domain.__dataclass_fields__}
+        return self
+
+    def applicability(self, X) -> tuple[np.ndarray, np.ndarray] | None:
+        """Percentile (0-100) of each row's distance among the training cohort's, and whether it is
+        within the 99th percentile; None for model files without the check."""
+        if getattr(self, "domain_", None) is None:
+            return None
+        domain, z = Domain(**self.domain_), self.pipeline[:-1].transform(X)
+        return domain.percentile(z), domain.within(z)

@@ -12,32 +12,34 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+RUN_ONE = """
+import sys, time
+from pathlib import Path
+from ketabids.bids import T1wInput
+from ketabids.participant import run_participant_level
+from ketabids.settings import ParticipantSettings
+bids, root, threads, method = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+path = bids / "sub-a" / "anat" / "sub-a_T1w.nii.gz"
+settings = ParticipantSettings(bids_dir=bids, output_dir=root / "out", work_dir=root / "work",
+    participant_labels=("a",), nprocs=1, omp_nthreads=threads, brain_extraction=method)
+sys.exit(1 if run_participant_level(settings, [T1wInput("a", None, path, (path,))]) else 0)
+"""
+
 
 def run(bids: Path, root: Path, threads: int, brain_extraction: str) -> float:
-    from ketabids.bids import T1wInput
-    from ketabids.participant import run_participant_level
-    from ketabids.settings import ParticipantSettings
-
-    path = bids / "sub-a" / "anat" / "sub-a_T1w.nii.gz"
-    settings = ParticipantSettings(
-        bids_dir=bids,
-        output_dir=root / "out",
-        work_dir=root / "work",
-        participant_labels=("a",),
-        nprocs=1,
-        omp_nthreads=threads,
-        brain_extraction=brain_extraction,
-    )
+    """One participant run in a fresh process (ITK reads its thread count once per process)."""
     start = time.time()
-    failures = run_participant_level(settings, [T1wInput("a", None, path, (path,))])
-    if failures:
-        raise SystemExit(f"run failed: {failures[0]}")
+    args = [sys.executable, "-c", RUN_ONE, str(bids), str(root), str(threads), brain_extraction]
+    if subprocess.run(args, check=False).returncode != 0:
+        raise SystemExit(f"run with {threads} thread(s) failed; see {root / 'work'}")
     return time.time() - start
 
 

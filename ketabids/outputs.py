@@ -34,6 +34,8 @@ def output_names(
         "modulated_gm": path(suffix="probseg", space=TEMPLATE_NAME, label="GM", desc="modulated"),
         "regional": path(suffix="morph", extension=".tsv", seg=atlas),
         "tissue": path(suffix="morph", extension=".tsv", desc="tissue"),
+        "atlas_dseg": path(suffix="dseg", seg=atlas),
+        "atlas_labels": path(suffix="dseg", extension=".tsv", seg=atlas),
     }
     for tissue in ("GM", "WM", "CSF"):
         names[tissue.lower()] = path(suffix="probseg", label=tissue)
@@ -144,6 +146,7 @@ def write_subject_reports(
                     qc,
                     tuple(errors.get((item.subject, item.session), ())),
                     brain_extraction_method(tissue),
+                    atlas_dseg=names["atlas_dseg"] if names["atlas_dseg"].is_file() else None,
                 )
             )
         out = Path(output_dir) / f"sub-{subject}.html"

@@ -137,6 +137,11 @@ def test_outputs_follow_the_contract(run):
     assert (regional["tissue"] == "gm").sum() > 100
     dseg = np.asarray(nib.load(anat / "sub-good_dseg.nii.gz").dataobj)
     assert set(np.unique(dseg)) == {0, 1, 2, 3}
+    atlas = np.asarray(nib.load(anat / "sub-good_seg-neuromorphometrics_dseg.nii.gz").dataobj)
+    assert atlas.shape == dseg.shape
+    labels = pd.read_csv(anat / "sub-good_seg-neuromorphometrics_dseg.tsv", sep="\t")
+    assert {"index", "name"} <= set(labels.columns)
+    assert set(np.unique(atlas)) - {0} <= set(labels["index"]) and len(np.unique(atlas)) > 50
 
 
 @pytest.mark.slow

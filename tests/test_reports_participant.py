@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from nilearn.image import resample_img
 
-from ketabids.data import load_template
+from ketabids.data import load_atlas, load_template
 from ketabids.reports import figures, participant
 from ketabids.reports.figures import cut_coords
 from ketabids.reports.methods import participant_methods, software_versions
@@ -122,6 +122,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     for name, data, dtype in (("t1w", t1w, np.float32), ("mask", mask, np.uint8), ("dseg", dseg, np.uint8)):
         paths[name] = folder / f"sub-01_{name}.nii.gz"
         nib.save(nib.Nifti1Image(data.astype(dtype), target), paths[name])
+    paths["atlas"] = folder / "sub-01_seg-neuromorphometrics_dseg.nii.gz"
+    atlas = load_atlas("neuromorphometrics").image
+    nib.save(resample_img(atlas, target, target_shape=(62, 74, 62), interpolation="nearest"), paths["atlas"])
     paths["t1w_in_template"] = folder / "sub-01_space-MNI152NLin2009aSym_T1w.nii.gz"
     warped = resample_img(template.t1w, target_affine=np.diag([3.0, 3.0, 3.0]), interpolation="continuous")
     nib.save(warped, paths["t1w_in_template"])
@@ -155,6 +158,7 @@ def report(images: dict[str, Path], regional: pd.DataFrame, tmp_path_factory: py
         tissue=TISSUE,
         qc={**PLAUSIBLE_QC, "qc_flag": False},
         atlas="neuromorphometrics",
+        atlas_dseg=images["atlas"],
     )
 
 
@@ -170,7 +174,8 @@ def test_report_is_valid_html_with_every_section(report: Path) -> None:
     html = parse(report)
     assert not html.errors
     assert not html.stack
-    expected = {"summary", "session", "session-mask", "session-segmentation", "session-registration"}
+    expected = {"summary", "session", "session-mask", "session-segmentation", "session-atlas"}
+    expected |= {"session-registration"}
     assert expected | {"session-volumes", "session-qc", "software", "methods"} <= html.ids
     text = report.read_text()
     assert "sub-01" in text and "neuromorphometrics" in text and "sub-01_t1w.nii.gz" in text
@@ -179,7 +184,7 @@ def test_report_is_valid_html_with_every_section(report: Path) -> None:
 
 def test_embedded_images_are_pngs(report: Path) -> None:
     sources = parse(report).images
-    assert len(sources) == 3
+    assert len(sources) == 4  # mask, segmentation, atlas regions, registration
     for source in sources:
         assert source.startswith("data:image/png;base64,")
         png = base64.b64decode(source.split(",", 1)[1])

@@ -78,6 +78,8 @@ def test_volumes_graph_uses_inverse_for_atlas_and_forward_for_modulation():
         ("morphometry", "regional", "outputnode", "regional"),
         ("morphometry", "tissue", "outputnode", "tissue"),
         ("modulate", "out_file", "outputnode", "modulated_gm"),
+        ("warp_atlas", "out_file", "outputnode", "atlas_dseg"),
+        ("warp_atlas", "out_table", "outputnode", "atlas_labels"),
     } <= edges(wf)
 
 

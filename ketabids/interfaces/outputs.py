@@ -17,6 +17,8 @@ OUTPUT_KEYS = (
     "modulated_gm",
     "regional",
     "tissue",
+    "atlas_dseg",
+    "atlas_labels",
 )
 
 

@@ -72,6 +72,7 @@ class _WarpAtlasInputSpec(BaseInterfaceInputSpec):
 
 class _WarpAtlasOutputSpec(TraitedSpec):
     out_file = File(exists=True, desc="atlas labels on the T1w grid")
+    out_table = File(exists=True, desc="the atlas's label table (index, name, tissue, gm_feature)")
 
 
 class WarpAtlas(SimpleInterface):
@@ -86,8 +87,12 @@ class WarpAtlas(SimpleInterface):
 
         limit_threads(self.inputs.num_threads)
         out = os.path.join(runtime.cwd, f"atlas-{self.inputs.atlas}_labels.nii.gz")
-        image = load_atlas(self.inputs.atlas).image
-        self._results["out_file"] = str(warp_atlas(image, self.inputs.inverse, self.inputs.reference, out))
+        atlas = load_atlas(self.inputs.atlas)
+        warped = warp_atlas(atlas.image, self.inputs.inverse, self.inputs.reference, out)
+        self._results["out_file"] = str(warped)
+        table = os.path.join(runtime.cwd, f"atlas-{self.inputs.atlas}_dseg.tsv")
+        atlas.labels.to_csv(table, sep="\t", index=False)
+        self._results["out_table"] = table
         return runtime
 
 

@@ -9,6 +9,7 @@ from importlib import metadata
 
 from ketabids import __version__
 from ketabids.data import ATLASES, TEMPLATE_NAME
+from ketabids.data.atlases import SOURCES
 
 # Distributions whose versions a report lists, in this order (ketabids and Python are added first).
 SOFTWARE_PACKAGES: tuple[str, ...] = (
@@ -114,17 +115,26 @@ REFERENCES: dict[str, Reference] = {
         ),
         Reference(
             "neuromorphometrics",
-            "Landman BA, Warfield SK (eds). MICCAI 2012 Workshop on Multi-Atlas Labeling (labels "
-            "provided by Neuromorphometrics, Inc.), as distributed with CAT12: Gaser C, Dahnke R, "
-            "Thompson PM, et al. CAT: a computational anatomy toolbox for the analysis of structural MRI "
-            "data. GigaScience. 2024;13:giae049.",
-            "10.1093/gigascience/giae049",
+            "Neuromorphometrics, Inc. maximum-probability labels of the MICCAI 2012 Grand Challenge and "
+            "Workshop on Multi-Atlas Labeling, as distributed with SPM12 (labels_Neuromorphometrics.nii); "
+            "MRI scans from OASIS: Marcus DS, Wang TH, Parker J, Csernansky JG, Morris JC, Buckner RL. Open "
+            "Access Series of Imaging Studies (OASIS): cross-sectional MRI data in young, middle aged, "
+            "nondemented, and demented older adults. J Cogn Neurosci. 2007;19(9):1498-1507.",
+            "10.1162/jocn.2007.19.9.1498",
         ),
         Reference(
             "aal",
-            "Rolls ET, Huang CC, Lin CP, Feng J, Joliot M. Automated anatomical labelling atlas 3. "
-            "NeuroImage. 2020;206:116189.",
-            "10.1016/j.neuroimage.2019.116189",
+            "Rolls ET, Joliot M, Tzourio-Mazoyer N. Implementation of a new parcellation of the "
+            "orbitofrontal cortex in the automated anatomical labeling atlas (AAL2). NeuroImage. "
+            "2015;122:1-5.",
+            "10.1016/j.neuroimage.2015.07.075",
+        ),
+        Reference(
+            "aal1",
+            "Tzourio-Mazoyer N, Landeau B, Papathanassiou D, et al. Automated anatomical labeling of "
+            "activations in SPM using a macroscopic anatomical parcellation of the MNI MRI single-subject "
+            "brain. NeuroImage. 2002;15(1):273-289.",
+            "10.1006/nimg.2001.0978",
         ),
         Reference(
             "harvard_oxford",
@@ -134,6 +144,11 @@ REFERENCES: dict[str, Reference] = {
             "10.1016/j.neuroimage.2006.01.021",
         ),
     )
+}
+ATLAS_REFERENCES: dict[str, tuple[str, ...]] = {
+    "neuromorphometrics": ("neuromorphometrics",),
+    "aal": ("aal1", "aal"),
+    "harvard_oxford": ("harvard_oxford",),
 }
 
 
@@ -207,10 +222,16 @@ def participant_methods(
         f"The T1w image was registered nonlinearly to the {TEMPLATE_NAME} template {cite('mni2009')} "
         f"(as distributed with nilearn {version('nilearn')} {cite('nilearn')}) with symmetric "
         f"diffeomorphic normalisation (SyN) {cite('syn')}.",
-        f"The {ATLASES.get(atlas, atlas).split(' (')[0]} atlas"
-        + (f" {cite(atlas)}" if atlas in REFERENCES else "")
-        + " was brought into native space with the inverse transform, and the GM volume of each region "
-        "was computed as the sum of the GM fraction times the voxel volume.",
+        f"The {ATLASES.get(atlas, atlas).split(' (')[0]} atlas {cite(*ATLAS_REFERENCES.get(atlas, ()))}"
+        + (
+            f", shipped with ketabids after being brought once from its own space, "
+            f"{SOURCES[atlas].source_space}, into {TEMPLATE_NAME} by a nonlinear template-to-template "
+            f"registration (SyN) {cite('syn')} whose provenance ships with it,"
+            if atlas in SOURCES
+            else ""
+        )
+        + " was brought into native space with the inverse transform (label-wise interpolation), and "
+        "the GM volume of each region was computed as the sum of the GM fraction times the voxel volume.",
         "The intracranial cavity was defined in template space as the template brain mask grown by "
         "2 mm of external CSF and brought to native space with the inverse transform; inside it, but "
         "outside the brain mask, tissue was counted as CSF, and all fractions were weighted by it. "

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from scipy import ndimage
 
 from ketabids import __version__
 from ketabids.data import TEMPLATE_NAME, load_template
@@ -145,6 +146,7 @@ class SessionInputs:
     qc: Mapping[str, float | bool | str]
     errors: Sequence[str] = field(default_factory=tuple)
     brain_extraction: str | None = None  # the method that ran (``deepbet`` or ``template``), if known
+    atlas_dseg: Path | None = None  # the atlas labels on the T1w grid (``*_seg-<atlas>_dseg.nii.gz``)
 
 
 def write_participant_report(
@@ -162,6 +164,7 @@ def write_participant_report(
     atlas: str,
     software: Mapping[str, str] | None = None,
     errors: Sequence[str] = (),
+    atlas_dseg: Path | None = None,
 ) -> Path:
     """Write the HTML report of one participant with one session (or none) and return its path.
 
@@ -180,10 +183,13 @@ def write_participant_report(
         atlas: the atlas name (a key of ``ketabids.data.ATLASES``).
         software: package versions; None lists the installed ones (``software_versions()``).
         errors: messages of steps that failed, shown at the top of the session.
+        atlas_dseg: the atlas labels brought into native space (their region borders are drawn).
 
     For several sessions of one subject, call ``write_subject_report`` to get one file.
     """
-    inputs = SessionInputs(session, t1w, mask, dseg, t1w_in_template, regional, tissue, qc, tuple(errors))
+    inputs = SessionInputs(
+        session, t1w, mask, dseg, t1w_in_template, regional, tissue, qc, tuple(errors), atlas_dseg=atlas_dseg
+    )
     return write_subject_report(out_html, subject=subject, sessions=[inputs], atlas=atlas, software=software)
 
 
@@ -266,8 +272,8 @@ def _describe_image(path: Path) -> dict[str, str]:
 
 
 def _figures(inputs: SessionInputs) -> dict[str, str | None]:
-    """PNG data URIs of the three checks (None where the input image is missing)."""
-    figures: dict[str, str | None] = {"mask": None, "dseg": None, "registration": None}
+    """PNG data URIs of the four checks (None where the input image is missing)."""
+    figures: dict[str, str | None] = {"mask": None, "dseg": None, "atlas": None, "registration": None}
     if inputs.mask is not None or inputs.dseg is not None:
         t1w, reference = load_image(inputs.t1w), _slice_reference(inputs)
         box = crop_box(reference)
@@ -290,12 +296,25 @@ def _figures(inputs: SessionInputs) -> dict[str, str | None]:
                 Contour(binary_image(dseg, [1, 2, 3]), "#ffd400", "outer CSF boundary (CSF, label 3)"),
             ]
             figures["dseg"] = contour_mosaic(background, contours, coords)
+        if inputs.atlas_dseg is not None:
+            contours = atlas_contours(native(inputs.atlas_dseg, "nearest", labels=True))
+            figures["atlas"] = contour_mosaic(background, contours, coords)
     if inputs.t1w_in_template is not None:
         box, contours = _template_contours()
         warped = load_image(inputs.t1w_in_template)
         warped = warped.slicer[box] if warped.shape[:3] == load_template().t1w.shape else warped
         figures["registration"] = contour_mosaic(warped, contours, cut_coords(contours[-1].image))
     return figures
+
+
+def atlas_contours(labels: nib.Nifti1Image) -> list[Contour]:
+    """Borders between atlas regions (cyan) and the atlas's outline (yellow), from a label image."""
+    data = np.rint(np.asanyarray(labels.dataobj)).astype(np.int32)
+    borders = (ndimage.grey_dilation(data, size=3) != ndimage.grey_erosion(data, size=3)) & (data > 0)
+    return [
+        Contour(nib.Nifti1Image(borders.astype(np.float32), labels.affine), "#00e5ff", "region borders"),
+        Contour(nib.Nifti1Image((data > 0).astype(np.float32), labels.affine), "#ffd400", "atlas outline"),
+    ]
 
 
 def _slice_reference(inputs: SessionInputs) -> nib.Nifti1Image:

@@ -59,6 +59,8 @@ def init_participant_wf(
         (reg, out, [("outputnode.forward", "inputnode.forward"), ("outputnode.inverse", "inputnode.inverse"),
                     ("outputnode.t1w_in_template", "inputnode.t1w_template")]),
         (vol, out, [("outputnode.regional", "inputnode.regional"), ("outputnode.tissue", "inputnode.tissue"),
-                    ("outputnode.modulated_gm", "inputnode.modulated_gm")]),
+                    ("outputnode.modulated_gm", "inputnode.modulated_gm"),
+                    ("outputnode.atlas_dseg", "inputnode.atlas_dseg"),
+                    ("outputnode.atlas_labels", "inputnode.atlas_labels")]),
     ])  # fmt: skip
     return wf

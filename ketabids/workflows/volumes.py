@@ -9,15 +9,17 @@ from ketabids.interfaces.morphometry import Morphometry
 from ketabids.interfaces.registration import ModulatedGM, WarpAtlas
 
 INPUT_FIELDS = ["t1w_preproc", "brain_mask", "gm", "wm", "csf", "forward", "inverse", "t1w_in_template"]
+OUTPUT_FIELDS = ["regional", "tissue", "modulated_gm", "atlas_dseg", "atlas_labels"]
 
 
 def init_volumes_wf(
     *, atlas: str, omp_nthreads: int = 1, brain_extraction: str = "deepbet", name: str = "volumes_wf"
 ) -> pe.Workflow:
-    """inputnode: ``INPUT_FIELDS``; outputnode: ``regional``, ``tissue`` (TSV), ``modulated_gm``."""
+    """inputnode: ``INPUT_FIELDS``; outputnode: ``regional``, ``tissue`` (TSV), ``modulated_gm``,
+    ``atlas_dseg`` (the atlas labels on the T1w grid) and ``atlas_labels`` (their label table)."""
     wf = pe.Workflow(name=name)
     inputnode = pe.Node(IdentityInterface(fields=INPUT_FIELDS), name="inputnode")
-    outputnode = pe.Node(IdentityInterface(fields=["regional", "tissue", "modulated_gm"]), name="outputnode")
+    outputnode = pe.Node(IdentityInterface(fields=OUTPUT_FIELDS), name="outputnode")
     warp_atlas = pe.Node(
         WarpAtlas(atlas=atlas, num_threads=omp_nthreads), name="warp_atlas", n_procs=omp_nthreads
     )
@@ -37,5 +39,6 @@ def init_volumes_wf(
         (inputnode, modulate, [("gm", "gm_file"), ("forward", "forward"), ("t1w_in_template", "reference")]),
         (morphometry, outputnode, [("regional", "regional"), ("tissue", "tissue")]),
         (modulate, outputnode, [("out_file", "modulated_gm")]),
+        (warp_atlas, outputnode, [("out_file", "atlas_dseg"), ("out_table", "atlas_labels")]),
     ])  # fmt: skip
     return wf

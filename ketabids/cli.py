@@ -224,18 +224,18 @@ def build_parser() -> argparse.ArgumentParser:
         "model card's, and a different value is refused unless --force-model)",
     )
     grp.add_argument(
+        "--conformal-alpha",
+        type=_fraction,
+        default=DEFAULT_GROUP.conformal_alpha,
+        help="error level of the conformal prediction sets (label-conditional coverage 1 - alpha)",
+    )
+    grp.add_argument(
         "--discovery-cohort",
         default=DEFAULT_GROUP.discovery_cohort,
         help="value of the cohort column that marks the training cohort",
     )
     grp.add_argument(
         "--model",
-    grp.add_argument(
-        "--conformal-alpha",
-        type=_fraction,
-        default=DEFAULT_GROUP.conformal_alpha,
-        help="error level of the conformal prediction sets (label-conditional coverage 1 - alpha)",
-    )
         type=Path,
         metavar="FILE",
         help="apply this model.skops (trained elsewhere) instead of training",
@@ -421,6 +421,7 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         discovery_cohort=args.discovery_cohort,
         model_file=args.model.resolve() if args.model else None,
         force_model=args.force_model,
+        conformal_alpha=args.conformal_alpha,
         n_jobs=args.n_jobs,
         random_seed=args.random_seed,
         allow_mixed_versions=args.allow_mixed_versions,
@@ -438,7 +439,6 @@ def _run_group(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> in
     return EXIT_OK
 
 
-        conformal_alpha=args.conformal_alpha,
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ketabids; return the exit code (0 ok, 1 failure, 16 invalid BIDS, 64 usage, 65 bad data, 66 missing)."""
     parser = build_parser()

@@ -258,6 +258,16 @@ def _final_weights(model: CalibratedModel, matrix: np.ndarray) -> tuple[np.ndarr
     return final, haufe_pattern(z, model.decision_function(matrix))
 
 
+def _contributions(model: CalibratedModel, matrix: np.ndarray, inputs: GroupInputs) -> pd.DataFrame | None:
+    """Weight x standardised feature of every participant (rows) and feature; None if not linear."""
+    classifier = model.pipeline[-1]
+    if getattr(classifier, "kernel", "linear") != "linear":
+        return None
+    z = model.pipeline[:-1].transform(matrix)
+    weights = np.asarray(classifier.coef_[0], dtype=float)
+    return pd.DataFrame(z * weights, index=inputs.table.index, columns=inputs.features.columns)
+
+
 def _discovery_blocks(table: pd.DataFrame, rows: np.ndarray) -> np.ndarray | None:
     """Site codes for within-site permutations, or None when the discovery rows share one site."""
     sites = table["site"].astype("string").fillna("<no site>")
@@ -368,6 +378,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         "excluded": pd.DataFrame(excluded, columns=["participant_id", "reason"]),
         "cv_repeats": cv.decision,
         "notes": [],
+        "contributions": _contributions(model, matrix, inputs),
     }
 
 
@@ -448,6 +459,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         "excluded": inputs.excluded,
         "cv_repeats": None,
         "notes": notes,
+        "contributions": _contributions(model, matrix, inputs),
         "response_threshold": threshold,
     }
 
@@ -475,7 +487,16 @@ def run_group_level(settings: GroupSettings) -> None:
     weight_map = _write_weights(inputs, result["weights"], atlas, group_dir)
 
     from ketabids.reports.group import write_group_report
+    from ketabids.reports.patient import write_patient_reports
 
+    write_patient_reports(
+        group_dir,
+        result["predictions"],
+        result["contributions"],
+        inputs.table["site"],
+        result["card"],
+        settings.conformal_alpha,
+    )
     write_group_report(
         group_dir / "report.html", settings=settings, inputs=inputs, result=result, weight_map=weight_map
     )

@@ -8,6 +8,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pandas as pd
@@ -21,6 +22,7 @@ from sklearn.preprocessing import FunctionTransformer
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.group import WEIGHT_MAP, run_group_level
 from ketabids.learning.modelfile import load_model, sha256
+from ketabids.reports.screenshot import find_chromium, screenshot
 from ketabids.settings import GroupSettings
 from ketabids.simulate.cohort import region_lobes, simulate_cohort
 from ketabids.simulate.tables import write_tables
@@ -475,3 +477,42 @@ def test_prediction_sets_applicability_and_old_models_without_them(trained, tmp_
     assert not {"prediction_set", "applicability_percentile", "applicable"} & set(applied.columns)
     np.testing.assert_allclose(applied["probability"], predictions.loc[held, "probability"], atol=1e-6)
     assert "no prediction sets are available" in (settings.output_dir / "group" / "report.html").read_text()
+    page = (settings.output_dir / "group" / f"{held[0]}_prediction.html").read_text()
+    assert "No prediction set is available" in page and "has no applicability check" in page
+    assert "was not seen in training" in page and "plays no role" in page
+
+
+def test_per_patient_reports_state_prediction_set_applicability_and_card(trained):
+    group = trained.output_dir / "group"
+    predictions = _read(trained, "predictions.tsv").set_index("participant_id")
+    pages = sorted(group.glob("sub-*_prediction.html"))
+    assert [p.name.removesuffix("_prediction.html") for p in pages] == sorted(predictions.index)
+    for participant, row in predictions.iloc[[0, -1]].iterrows():
+        page = (group / f"{participant}_prediction.html").read_text()
+        assert f"{100 * row['probability']:.0f} %" in page
+        members = "" if pd.isna(row["prediction_set"]) else str(row["prediction_set"])
+        assert f"error level: {{{members}}}" in page
+        assert ("The prediction applies" in page) == bool(row["applicable"])
+        assert "was part of the training cohort" in page or "was not seen in training" in page
+        assert page.count('class="bar"') == 10  # the top-10 regions
+        assert "Research use only" in page and "98 participants" in page and '<img src="http' not in page
+    beyond = predictions.index[~predictions["applicable"].astype(bool)]
+    if len(beyond):
+        assert "The prediction does not apply" in (group / f"{beyond[0]}_prediction.html").read_text()
+
+
+def _has_chromium() -> bool:
+    try:
+        find_chromium()
+    except RuntimeError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_chromium(), reason="headless Chromium is not installed")
+def test_per_patient_report_renders_in_headless_chromium(trained, tmp_path):
+    page = next((trained.output_dir / "group").glob("sub-*_prediction.html"))
+    pixels = plt.imread(screenshot(page, tmp_path / "shot.png", width=900, height=1400))
+    assert pixels.shape[:2] == (1400, 900)
+    rows = pixels[..., :3].std(axis=(1, 2))
+    assert np.flatnonzero(rows > 0.01).max() > 700  # content fills more than half of the page

@@ -32,7 +32,7 @@ from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
 from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
 from ketabids.learning.inputs import GroupInputs, load_inputs
 from ketabids.learning.metrics import METRICS, balanced_accuracy, binary_metrics, permutation_p_value
-from ketabids.learning.model import CalibratedModel, build_pipeline
+from ketabids.learning.model import CalibratedModel, build_pipeline, platt_apply
 from ketabids.learning.modelfile import load_model, save_model
 from ketabids.learning.permutation import null_distribution, prepare_analysis
 from ketabids.learning.weights import haufe_pattern, region_map, weight_table
@@ -308,7 +308,11 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         protocol.classifier, best_c, inputs.covariates.shape[1], seed=settings.random_seed
     )
     model = CalibratedModel(pipeline, *fast.platt).fit(matrix[rows], y[rows].astype(int))
-    model.calibrate_conformal(cv.mean_probability, y[rows])
+    # conformal scores from the final model's own inner-CV out-of-fold decisions through its Platt
+    # sigmoid: the same C and sigmoid as the final model, so they are exchangeable with its scores
+    # on new participants (the outer CV's repeat-averaged probabilities are spread twice as wide)
+    calibration = platt_apply(fast.oof, *fast.platt)  # analysis.final trains on ``rows``, in order
+    model.calibrate_conformal(calibration, y[rows])
     model.fit_domain(matrix[rows], settings.random_seed)
     alpha = settings.conformal_alpha
 
@@ -318,7 +322,9 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     )
 
     metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
-    oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, cv.mean_probability, alpha)
+    # training rows: sets of their calibration probabilities (the final model's inner CV, also
+    # out-of-fold), which are on the scale of the final model's probabilities for new participants
+    oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, calibration, alpha)
     own = Domain(**model.domain_).training_cohort()
     predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability, oof_sets, own)]
     decision = np.full(len(table), np.nan)
@@ -356,7 +362,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
             "c_chosen_in_cv": {str(c): int((cv.c_chosen == c).sum()) for c in protocol.c_grid},
             "conformal": {
                 "method": "Mondrian (label-conditional) split conformal, crepes, hinge score",
-                "calibration": "training cohort's repeat-averaged out-of-fold probabilities",
+                "calibration": "final model's inner-CV out-of-fold probabilities on the training cohort",
                 "n_calibration": int(rows.size),
                 "alpha_at_training": alpha,
             },

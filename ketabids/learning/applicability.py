@@ -6,20 +6,22 @@ than ``MAX_FEATURES`` features (voxels) they are first projected on the training
 ``N_COMPONENTS`` principal components, so the covariance stays small.
 
 The reference distribution is the training participants' out-of-fold distances (10 folds: the
-covariance is fitted without the participant; the residualisation and scaling were fitted on all
-of them; the projection, when there is one, is refitted in every fold). In-sample distances would be too small with ~100 participants and ~100 features, and a
-new participant would then look atypical too often. A participant beyond the reference's 99th
+preprocessing, projection and covariance are refitted without the participant). In-sample
+distances would be too small with ~100 participants and ~100 features, and a new participant
+would then look atypical too often. A participant beyond the reference's 99th
 percentile is outside the model's domain.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 from sklearn.covariance import LedoitWolf
 from sklearn.model_selection import KFold
 
+Transform = Callable[[np.ndarray], np.ndarray]
 MAX_FEATURES = 1000
 N_COMPONENTS = 50
 LIMIT_PERCENTILE = 99.0
@@ -81,12 +83,22 @@ def _fit(z: np.ndarray) -> Domain:
     return domain
 
 
-def fit_domain(z: np.ndarray, seed: int = 0) -> Domain:
-    """Fit the check on the training cohort's transformed features ``z`` (rows = participants)."""
-    z = np.asarray(z, dtype=float)
-    reference = np.empty(len(z))
-    for train, test in KFold(min(N_FOLDS, len(z)), shuffle=True, random_state=seed).split(z):
-        reference[test] = _fit(z[train]).distance(z[test])
-    domain = _fit(z)
+def identity(rows: np.ndarray) -> Transform:
+    """No preprocessing: the rows are already the features the check looks at."""
+    return lambda x: np.asarray(x, dtype=float)
+
+
+def fit_domain(x: np.ndarray, prepare: Callable[[np.ndarray], Transform] = identity, seed: int = 0) -> Domain:
+    """Fit the check on the training cohort's rows ``x``.
+
+    ``prepare(rows)`` returns the preprocessing fitted on ``rows`` (covariate residualisation and
+    scaling); it is refitted without each fold's participants for their reference distances.
+    """
+    x = np.asarray(x, dtype=float)
+    reference = np.empty(len(x))
+    for train, test in KFold(min(N_FOLDS, len(x)), shuffle=True, random_state=seed).split(x):
+        transform = prepare(x[train])
+        reference[test] = _fit(transform(x[train])).distance(transform(x[test]))
+    domain = _fit(prepare(x)(x))
     domain.reference = reference
     return domain

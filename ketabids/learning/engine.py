@@ -135,12 +135,14 @@ class Prepared:
 
 @dataclass
 class FitResult:
-    """A model tuned and fitted on a split's training rows, applied to its ``apply`` row sets."""
+    """A model tuned and fitted on a split's training rows, applied to its ``apply`` row sets;
+    ``oof``: the inner cross-validation's out-of-fold decisions of the chosen C (training rows)."""
 
     c_index: int
     platt: tuple[float, float]
     decisions: list[np.ndarray]
     coef: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None
+    oof: np.ndarray | None = None
 
     def probabilities(self, which: int) -> np.ndarray:
         return platt_apply(self.decisions[which], *self.platt)
@@ -290,7 +292,11 @@ def evaluate(prepared: Prepared, y: np.ndarray, protocol: Protocol) -> FitResult
     best = int(np.argmax(scores.mean(axis=1)))
     decisions, coefs = fit_decisions(protocol.classifier, prepared.outer, y_train, (protocol.c_grid[best],))
     return FitResult(
-        c_index=best, platt=platt_fit(oof[best], y_train), decisions=[d[0] for d in decisions], coef=coefs[0]
+        c_index=best,
+        platt=platt_fit(oof[best], y_train),
+        decisions=[d[0] for d in decisions],
+        coef=coefs[0],
+        oof=oof[best],
     )
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from scipy.special import expit
-from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -171,7 +171,7 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
 
     def fit_domain(self, X, seed: int = 0) -> CalibratedModel:
         """Fit the applicability check on the training rows ``X`` (features and covariates)."""
-        domain = fit_domain(self.pipeline[:-1].transform(X), seed)
+        domain = fit_domain(X, lambda rows: clone(self.pipeline[:-1]).fit(rows).transform, seed)
         self.domain_ = {name: getattr(domain, name) for name in Domain.__dataclass_fields__}
         return self
 

@@ -5,10 +5,12 @@ The conformal maths is crepes' ``ConformalClassifier`` (Boström 2022), Mondrian
 the p-value of a candidate label is computed only against the scores of that label. The
 non-conformity score is crepes' hinge, 1 - the calibrated probability of the label.
 
-Calibration uses the training cohort's out-of-fold probabilities (repeat-averaged), so every
-score comes from a model that did not see the participant; only these numbers are stored in the
-model file (numpy arrays, no crepes object), and crepes is refitted on them when a model is
-applied. P-values are not smoothed, so sets are deterministic and coverage is at least
+Calibration uses the final model's inner cross-validation out-of-fold probabilities on the
+training cohort (same C, same Platt sigmoid), so every score comes from a model that did not see
+the participant and is on the scale of the final model's probabilities for new participants (the
+outer CV's repeat-averaged probabilities are not: they spread about twice as wide). Only these
+numbers are stored in the model file (numpy arrays, no crepes object); crepes is refitted on
+them when a model is applied. P-values are not smoothed, so sets are deterministic and coverage is at least
 1 - alpha per class (conservative by at most 1 / (n_class + 1)).
 """
 

@@ -336,10 +336,7 @@ def _random_anatomy(seed: int, scale: float, warp_mm: float = WARP_MM, stretch_s
 @lru_cache(maxsize=8)
 def _atlas_arrays(atlas: str) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """Labels, affine and GM label table of the atlas as distributed (its original space)."""
-    # load_atlas gave the original space until atlases brought into the template space came with
-    # load_source_atlas; never take the instrument's template-space atlas as the truth
-    source = getattr(atlases, "load_source_atlas", None)
-    a = source(atlas).atlas if source else atlases.load_atlas(atlas)
+    a = atlases.load_source_atlas(atlas).atlas  # never the instrument's template-space atlas
     return np.asarray(a.image.dataobj).astype(np.int16), a.image.affine, a.gm_labels
 
 

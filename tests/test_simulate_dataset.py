@@ -121,7 +121,7 @@ def test_command_line_writes_tables_and_refuses_bad_sessions(tmp_path, capsys):
     assert code == 0
     participants = pd.read_csv(out / "participants.tsv", sep="\t")
     assert len(participants) == 11
-    tables = sorted((out / "derivatives" / "ketabids").rglob("*_morph.tsv"))
+    tables = sorted((tmp_path / "cohort-derivatives").rglob("*_morph.tsv"))  # beside the dataset, not in it
     assert len(tables) == 2 * 11
     assert main([str(tmp_path / "bad"), "--n-discovery", "1", "--sessions", "../x"]) == 64
     assert "session label" in capsys.readouterr().err

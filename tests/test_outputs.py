@@ -30,7 +30,10 @@ def test_sidecars_record_the_brain_extraction_that_ran(tmp_path: Path, method: s
         regional, sep="\t", index=False
     )
     keys = output_names(source, tmp_path / "out", "aal")
-    files = {key: image for key in keys} | {"tissue": tissue, "regional": regional}
+    atlas_labels = work / "atlas_labels.tsv"
+    pd.DataFrame({"index": [1], "name": ["a"]}).to_csv(atlas_labels, sep="\t", index=False)
+    tables = {"tissue": tissue, "regional": regional, "atlas_labels": atlas_labels}
+    files = {key: image for key in keys} | tables
     written = write_participant_outputs(source, tmp_path / "out", "aal", files)
     for key in ("brain_mask", "t1w_preproc", "gm", "tissue", "regional"):
         assert json.loads(sidecar_path(written[key]).read_text())["BrainExtraction"] == method, key

@@ -182,11 +182,13 @@ def test_rerun_reuses_finished_nodes(run):
 
 @pytest.mark.slow
 def test_same_input_and_options_give_byte_identical_outputs(run):
-    """Seeded ANTs/Atropos/deepbet on one thread per step: a second run (Linear plugin instead of
-    MultiProc, new work dir) writes the same bytes (gzip headers carry no time stamp)."""
+    """Seeded ANTs/Atropos/deepbet on one thread per step: a second run (new work dir) writes the
+    same bytes (gzip headers carry no time stamp). Both runs use MultiProc, so every step runs in a
+    fresh worker process: ITK fixes its thread count at its first call in a process, and the Linear
+    plugin would run ANTs inside this test process, which other tests may have initialised."""
     root, _, inputs, _, _ = run
     again = root / "again"
-    settings = _settings(root, output_dir=again / "out", work_dir=again / "work", nprocs=1)
+    settings = _settings(root, output_dir=again / "out", work_dir=again / "work")
     assert run_participant_level(settings, inputs[:1]) == []
     first, second = root / "out" / "sub-good" / "anat", again / "out" / "sub-good" / "anat"
     names = sorted(p.name for p in first.iterdir() if p.name.endswith((".nii.gz", "_morph.tsv")))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -182,15 +184,21 @@ def test_rerun_reuses_finished_nodes(run):
 
 @pytest.mark.slow
 def test_same_input_and_options_give_byte_identical_outputs(run):
-    """Seeded ANTs/Atropos/deepbet on one thread per step: a second run (new work dir) writes the
-    same bytes (gzip headers carry no time stamp). Both runs use MultiProc, so every step runs in a
-    fresh worker process: ITK fixes its thread count at its first call in a process, and the Linear
-    plugin would run ANTs inside this test process, which other tests may have initialised."""
-    root, _, inputs, _, _ = run
-    again = root / "again"
-    settings = _settings(root, output_dir=again / "out", work_dir=again / "work")
-    assert run_participant_level(settings, inputs[:1]) == []
-    first, second = root / "out" / "sub-good" / "anat", again / "out" / "sub-good" / "anat"
+    """Seeded ANTs/Atropos/deepbet with --omp-nthreads 1: two command-line runs (new work dirs)
+    write the same bytes (gzip headers carry no time stamp). Each run is a fresh process as for a
+    user: ITK fixes its thread count at its first call in a process, so a run inside this test
+    process (or in workers forked from it) would inherit whatever other tests set."""
+    root = run[0]
+    code = "import sys; from ketabids.cli import main; sys.exit(main(sys.argv[1:]))"
+    outputs = []
+    for name in ("first", "second"):
+        out, work = root / "identity" / name / "out", root / "identity" / name / "work"
+        args = [str(root / "bids"), str(out), "participant", "--participant-label", "good"]
+        args += ["--skip-bids-validation", "-w", str(work), "--nprocs", "1", "--omp-nthreads", "1"]
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(out / "sub-good" / "anat")
+    first, second = outputs
     names = sorted(p.name for p in first.iterdir() if p.name.endswith((".nii.gz", "_morph.tsv")))
     assert len(names) >= 10
     for name in names:

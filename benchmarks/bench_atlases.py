@@ -12,19 +12,8 @@ import numpy as np
 from nilearn.image import resample_to_img
 
 from ketabids.data.atlases import SOURCES, load_atlas, load_source_atlas
+from ketabids.data.make_atlases import label_fit
 from ketabids.data.templates import load_template
-
-
-def fit(labels: np.ndarray, gm_index: np.ndarray) -> tuple[float, float, float]:
-    """Mean template GM and WM prior under the GM labels, and their fraction outside the brain mask."""
-    template = load_template()
-    gm = np.isin(labels, gm_index)
-    outside = gm & (template.mask.get_fdata() == 0)
-    return (
-        float(template.gm.get_fdata()[gm].mean()),
-        float(template.wm.get_fdata()[gm].mean()),
-        float(outside.sum() / gm.sum()),
-    )
 
 
 def main() -> None:
@@ -40,7 +29,7 @@ def main() -> None:
         )
         gm_index = atlas.gm_labels["index"].to_numpy()
         for method, img in (("naive", naive), ("registered", atlas.image)):
-            gm, wm, out = fit(np.asarray(img.dataobj), gm_index)
+            gm, wm, out = label_fit(np.asarray(img.dataobj), gm_index)
             print(f"{name}\t{len(atlas.labels)}\t{len(gm_index)}\t{method}\t{gm:.3f}\t{wm:.3f}\t{out:.4f}")
 
 

@@ -21,6 +21,7 @@ from ketabids.data.atlases import (
     sha256,
     source_files,
 )
+from ketabids.data.make_atlases import label_fit
 from ketabids.data.templates import load_template
 
 # name -> (labels, GM-feature labels) as documented in README and ATLASES
@@ -68,18 +69,6 @@ def test_provenance_names_the_source_files_reference_and_registration(name):
         assert reference is None and record["reference"]["classes"]
 
 
-def _alignment(labels: np.ndarray, gm_index) -> tuple[float, float, float]:
-    """Mean template GM and WM prior under the GM labels, and their fraction outside the brain mask."""
-    template = load_template()
-    gm = np.isin(labels, gm_index)
-    outside = gm & (template.mask.get_fdata() == 0)
-    return (
-        float(template.gm.get_fdata()[gm].mean()),
-        float(template.wm.get_fdata()[gm].mean()),
-        float(outside.sum() / gm.sum()),
-    )
-
-
 @pytest.mark.parametrize("name", sorted(SOURCES))
 def test_registered_labels_fit_the_template_anatomy_better_than_naive_resampling(name):
     """Registered: more template GM and less WM under the GM labels than the source resampled as if it
@@ -89,8 +78,8 @@ def test_registered_labels_fit_the_template_anatomy_better_than_naive_resampling
         source.image, load_template().t1w, interpolation="nearest", force_resample=True, copy_header=True
     )
     gm_index = atlas.gm_labels["index"].to_numpy()
-    gm_naive, wm_naive, out_naive = _alignment(np.asarray(naive.dataobj), gm_index)
-    gm_reg, wm_reg, out_reg = _alignment(np.asarray(atlas.image.dataobj), gm_index)
+    gm_naive, wm_naive, out_naive = label_fit(np.asarray(naive.dataobj), gm_index)
+    gm_reg, wm_reg, out_reg = label_fit(np.asarray(atlas.image.dataobj), gm_index)
     assert gm_reg > gm_naive + 0.002
     assert wm_reg < wm_naive - 0.015
     assert out_reg < 0.02

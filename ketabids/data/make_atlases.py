@@ -181,6 +181,18 @@ def naive_labels(name: str) -> np.ndarray:
     return np.asarray(out.dataobj).astype(np.int16)
 
 
+def label_fit(labels: np.ndarray, gm_index: np.ndarray) -> tuple[float, float, float]:
+    """Mean template GM and WM prior under the GM labels, and their fraction outside the brain mask."""
+    template = load_template()
+    gm = np.isin(labels, gm_index)
+    outside = gm & (template.mask.get_fdata() == 0)
+    return (
+        float(template.gm.get_fdata()[gm].mean()),
+        float(template.wm.get_fdata()[gm].mean()),
+        float(outside.sum() / gm.sum()),
+    )
+
+
 def alignment(labels: np.ndarray, table: pd.DataFrame) -> dict[str, float]:
     """Mean template GM prior under the GM-feature labels and the labelled fraction outside the brain mask."""
     template = load_template()

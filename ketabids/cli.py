@@ -95,7 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("output_dir", type=Path, help="where derivatives are written")
     parser.add_argument("analysis_level", choices=["participant", "group"], help="processing stage")
     parser.add_argument("--version", action="version", version=f"ketabids {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="more log output: -v adds other libraries' messages and ketabids' debug lines, -vv everything",
+    )
 
     sel = parser.add_argument_group("selecting data")
     sel.add_argument(
@@ -241,6 +247,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply this model.skops (trained elsewhere) instead of training",
     )
     grp.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --model: refit the intercept and slope of the model's probabilities on this "
+        "dataset's outcomes (cross-validated) and write group/model_recalibrated.skops",
+    )
+    grp.add_argument(
         "--force-model",
         action="store_true",
         help="apply a --model despite a --response-threshold other than its card's or a major "
@@ -255,7 +267,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-jobs",
         type=_positive_int,
         default=cpus,
-        help="parallel jobs for cross-validation and permutations (default: the CPUs available, here %(default)s)",
+        help="parallel jobs for cross-validation and permutations: loky processes, or the worker "
+        "processes of the local Dask cluster (default: the CPUs available, here %(default)s)",
+    )
+    grp.add_argument(
+        "--parallel-backend",
+        choices=["loky", "dask"],
+        default=DEFAULT_GROUP.parallel_backend,
+        help="where CV repeats and permutations run: loky (local processes) or dask (a Dask "
+        "cluster: --dask-scheduler, or a local one); same seed, same results",
+    )
+    grp.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="with --parallel-backend dask: address of a running Dask scheduler "
+        "([tcp://]host:port); default: start a local cluster of --n-jobs worker processes",
+    )
+    grp.add_argument(
+        "--dask-timeout",
+        type=_positive_float,
+        default=DEFAULT_GROUP.dask_timeout,
+        metavar="SECONDS",
+        help="seconds to wait for the Dask scheduler and its first worker before failing (exit 1)",
     )
 
     cols = parser.add_argument_group("participants.tsv column names")
@@ -266,14 +299,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _configure_logging(verbosity: int) -> None:
-    level = logging.WARNING - 10 * (verbosity + 1)
+    """ketabids' lines at INFO, other libraries' from WARNING; ``-v``: ketabids DEBUG and the
+    others INFO; ``-vv``: everything DEBUG."""
     logging.basicConfig(
-        level=max(level, logging.DEBUG),
-        format="%(asctime)s %(name)s %(levelname)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s: %(message)s", datefmt="%H:%M:%S", stream=sys.stderr
     )
-    LOGGER.setLevel(max(level, logging.DEBUG))
+    others = {0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG)
+    logging.getLogger().setLevel(others)
+    LOGGER.setLevel(logging.INFO if verbosity == 0 else logging.DEBUG)
 
 
 def _prepare_environment() -> None:
@@ -383,6 +416,17 @@ def participant_exit_code(failures: Sequence, total: int, output_dir: Path) -> i
     return EXIT_FAILURE
 
 
+def _dask_scheduler(args: argparse.Namespace) -> str | None:
+    """The checked ``--dask-scheduler`` address; exit 64 if malformed or without the dask backend."""
+    from ketabids.learning.backends import check_scheduler_address
+
+    if args.dask_scheduler is None:
+        return None
+    if args.parallel_backend != "dask":
+        raise UsageError("--dask-scheduler needs --parallel-backend dask")
+    return check_scheduler_address(args.dask_scheduler)
+
+
 def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> GroupSettings:
     """Map the parsed options onto the group level's settings."""
     from ketabids.bids import clean_labels
@@ -422,7 +466,11 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         model_file=args.model.resolve() if args.model else None,
         force_model=args.force_model,
         conformal_alpha=args.conformal_alpha,
+        recalibrate=args.recalibrate,
         n_jobs=args.n_jobs,
+        parallel_backend=args.parallel_backend,
+        dask_scheduler=_dask_scheduler(args),
+        dask_timeout=args.dask_timeout,
         random_seed=args.random_seed,
         allow_mixed_versions=args.allow_mixed_versions,
         columns=columns,

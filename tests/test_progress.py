@@ -97,3 +97,21 @@ def test_verbose_keeps_tool_chatter_on_the_terminal(tmp_path, capfd):
     with tool_output_to(tmp_path / "run.log", quiet=False):
         os.write(2, b"ITK says hello\n")
     assert "ITK says hello" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("verbosity", "others_info", "ketabids_debug"), [(0, False, False), (1, True, True)])
+def test_other_libraries_info_lines_stay_off_the_terminal_unless_verbose(
+    verbosity, others_info, ketabids_debug
+):
+    from ketabids.cli import _configure_logging
+
+    root, ours = logging.getLogger(), logging.getLogger("ketabids")
+    saved = root.level, ours.level
+    try:
+        _configure_logging(verbosity)
+        assert logging.getLogger("bidsschematools").isEnabledFor(logging.INFO) is others_info
+        assert ours.isEnabledFor(logging.INFO)
+        assert logging.getLogger("ketabids.group").isEnabledFor(logging.DEBUG) is ketabids_debug
+    finally:
+        root.setLevel(saved[0])
+        ours.setLevel(saved[1])

@@ -173,6 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
         default="deepbet",
         help="deepbet (CNN, weights bundled) or template (registration-based, no torch)",
     )
+    part.add_argument(
+        "--slurm",
+        action="store_true",
+        help="submit a Slurm job array (one task per participant whose outputs are incomplete, "
+        "--nprocs/--omp-nthreads CPUs and --mem-gb memory each) instead of running here",
+    )
+    part.add_argument(
+        "--slurm-args",
+        metavar="ARGS",
+        help='with --slurm: more sbatch options, e.g. "--partition=short --account=lab --time=1:00:00"',
+    )
+    part.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="with --slurm: print the job id and exit after submitting",
+    )
+    part.add_argument(
+        "--slurm-timeout",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="with --slurm: longest wait for the tasks (default: 86400, one day); tasks still running "
+        "then keep running and are reported as failures",
+    )
 
     grp = parser.add_argument_group("group level")
     grp.add_argument(
@@ -341,7 +364,9 @@ def _check_paths(args: argparse.Namespace) -> tuple[Path, Path, Path]:
 
 def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path, work_dir: Path) -> int:
     from ketabids import bids
+    from ketabids.slurm import slurm_options
 
+    slurm = slurm_options(args)  # None without --slurm; exit 64 when Slurm is unusable here
     labels = bids.clean_labels(args.participant_label, "sub-")
     sessions = bids.clean_labels(args.session_label, "ses-")
     if not args.skip_bids_validation:
@@ -365,9 +390,16 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
         brain_extraction=args.brain_extraction,
     )
     LOGGER.info("participant level: %d T1w image(s) -> %s", len(inputs), output_dir)
-    from ketabids.participant import run_participant_level
+    if slurm is not None:
+        from ketabids.slurm import run_on_slurm
 
-    failures = run_participant_level(settings, inputs, missing)
+        failures = run_on_slurm(settings, inputs, missing, slurm, args.verbose)
+        if not slurm.wait and not failures:
+            return EXIT_OK
+    else:
+        from ketabids.participant import run_participant_level
+
+        failures = run_participant_level(settings, inputs, missing)
     return participant_exit_code(failures, len(inputs) + len(missing), output_dir)
 
 
@@ -436,6 +468,8 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
 
 
 def _run_group(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> int:
+    if args.slurm:
+        raise UsageError("--slurm runs the participant level; run the group level where it is started")
     settings = group_settings(args, bids_dir, output_dir)
     _writable_dir(output_dir, "output directory")
     from ketabids.group import run_group_level

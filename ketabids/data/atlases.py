@@ -120,6 +120,8 @@ PROVENANCE_KEYS = ("atlas", "space", "source", "reference", "registration", "out
 _CSF = re.compile(r"ventric|_vent$|^csf$", re.IGNORECASE)
 _WM = re.compile(r"white_matter|optic_chiasm", re.IGNORECASE)
 _OTHER = re.compile(r"vessel|brain[_-]stem", re.IGNORECASE)
+# deep grey nuclei: all non-CSF tissue inside their labels counts as GM (the measurand of these regions)
+DEEP_GM = re.compile(r"thalamus|caudate|putamen|pallidum|accumbens", re.IGNORECASE)
 
 
 class AtlasError(ValueError):

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,6 +26,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from ketabids.data.atlases import DEEP_GM
 from ketabids.processing import partial_volume as pv
 from ketabids.processing.anat import bounding_box, crop
 from ketabids.processing.registration import ants_seed
@@ -36,7 +36,6 @@ PRIOR_WEIGHT = 0.0  # priors initialise Atropos only
 MRF = "[0.1,1x1x1]"
 ITERATIONS = "[5,0]"
 CAVITY_MARGIN_MM = 2.0  # external CSF layer added around the template brain mask
-DEEP_GM = re.compile(r"thalamus|caudate|putamen|pallidum|accumbens", re.IGNORECASE)
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,9 @@ template; its tissue fractions come from that image's own intensities (histogram
 two-class partial-volume mixture at each voxel), not from any tissue prior; and the truth labels are
 the atlas as distributed, in its original space, not the instrument's template-space atlas.
 Harvard-Oxford is natively in MNI152NLin6Asym, so its truth labels sit exactly on this anatomy.
+The regional truth follows the instrument's measurand, not its parts: GM fraction summed per
+label, except in the deep grey nuclei (``atlases.DEEP_GM``), whose T1w contrast lies between GM and
+WM and whose whole non-CSF tissue counts as GM, as CAT12 and FreeSurfer report them.
 
 Frames (all in mm):
 
@@ -682,8 +685,10 @@ def _subject_truth(
     texture = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.5 / spacing)
     texture /= texture.std()
     voxel_mm3 = spacing**3
-    regional = np.bincount(labels.ravel().clip(0), weights=gm.ravel(), minlength=labels_arr.max() + 1)
     index = gm_labels["index"].to_numpy()
+    deep = np.isin(labels, index[gm_labels["name"].str.contains(atlases.DEEP_GM).to_numpy()])
+    measurand = np.where(deep, gm + wm, gm)  # deep grey nuclei: all non-CSF tissue in their labels
+    regional = np.bincount(labels.ravel().clip(0), weights=measurand.ravel(), minlength=labels_arr.max() + 1)
     regional_gm = pd.DataFrame(
         {"index": index, "name": gm_labels["name"].to_numpy(), "gm_volume_mm3": regional[index] * voxel_mm3}
     )

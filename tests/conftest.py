@@ -56,6 +56,22 @@ def tree_fingerprint(root: Path) -> dict[str, str]:
     }
 
 
+@pytest.fixture(scope="session")
+def slurm_cluster():
+    """A real single-node Slurm (slurm-wlm + munge) in a temporary folder; its ``env`` has SLURM_CONF.
+
+    Fails, never skips, when the cluster cannot start: the reason is the failure message."""
+    from slurm_cluster import ClusterError, SlurmCluster
+
+    cluster = SlurmCluster()
+    try:
+        cluster.start()
+    except ClusterError as exc:
+        pytest.fail(str(exc))
+    yield cluster
+    cluster.stop()
+
+
 @pytest.fixture
 def tiny_bids(tmp_path: Path) -> Callable[..., Path]:
     """Factory fixture: ``tiny_bids(subjects=..., sessions=..., runs=...)`` -> dataset path."""

@@ -270,6 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply this model.skops (trained elsewhere) instead of training",
     )
     grp.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --model: refit the intercept and slope of the model's probabilities on this "
+        "dataset's outcomes (cross-validated) and write group/model_recalibrated.skops",
+    )
+    grp.add_argument(
         "--force-model",
         action="store_true",
         help="apply a --model despite a --response-threshold other than its card's or a major "
@@ -460,6 +466,7 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         model_file=args.model.resolve() if args.model else None,
         force_model=args.force_model,
         conformal_alpha=args.conformal_alpha,
+        recalibrate=args.recalibrate,
         n_jobs=args.n_jobs,
         random_seed=args.random_seed,
         allow_mixed_versions=args.allow_mixed_versions,

@@ -35,6 +35,7 @@ from ketabids.learning.metrics import METRICS, balanced_accuracy, binary_metrics
 from ketabids.learning.model import CalibratedModel, build_pipeline, platt_apply
 from ketabids.learning.modelfile import load_model, save_model
 from ketabids.learning.permutation import null_distribution, prepare_analysis
+from ketabids.learning.recalibration import write_recalibration
 from ketabids.learning.weights import haufe_pattern, region_map, weight_table
 from ketabids.reports.methods import software_versions
 from ketabids.settings import GroupSettings
@@ -451,6 +452,12 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     metrics_table = _order_columns(pd.DataFrame(metrics))
     final_w, pattern = _final_weights(model, matrix)
     weights = weight_table(list(inputs.features.columns), final_w, [], pattern)
+    recalibration = None
+    if settings.recalibrate:
+        recalibration = write_recalibration(
+            model, Path(settings.model_file), card, table, decision, probability, group_dir,
+            columns=settings.columns, seed=settings.random_seed,
+        )  # fmt: skip
     atomic_copy(settings.model_file, group_dir / "model.skops")
     _write_json({**card, "applied_to": str(settings.bids_dir)}, group_dir / "model.json")
     return inputs, {
@@ -467,6 +474,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         "notes": notes,
         "contributions": _contributions(model, matrix, inputs),
         "response_threshold": threshold,
+        "recalibration": recalibration,
     }
 
 
@@ -478,6 +486,8 @@ def run_group_level(settings: GroupSettings) -> None:
         inputs, result = _apply(settings, group_dir)
         atlas = result["card"].get("atlas", settings.atlas)
     else:
+        if settings.recalibrate:
+            raise UsageError("--recalibrate refits a shared model: give it with --model FILE")
         if settings.features not in ("roi", "voxel"):
             raise UsageError(f"unknown feature kind '{settings.features}'; choose roi or voxel")
         settings = replace(settings, response_threshold=settings.threshold)

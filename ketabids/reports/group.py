@@ -24,6 +24,7 @@ from ketabids.reports.figures import (
     weight_bars,
 )
 from ketabids.reports.methods import REFERENCES, software_versions
+from ketabids.reports.recalibration import recalibration_context
 from ketabids.settings import GroupSettings
 
 _TEMPLATE = Path(__file__).with_name("group.html")
@@ -330,6 +331,7 @@ def write_group_report(
         "methods": methods_text,
         "references": references,
         "card": result["card"],
+        "recalibration": recalibration_context(result.get("recalibration")),
     }
     environment = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     page = environment.from_string(_TEMPLATE.read_text()).render(**context)

@@ -25,7 +25,7 @@ from ketabids.derivatives import (
     write_tsv_atomic,
 )
 from ketabids.errors import BadDataError, InputMissingError, UsageError
-from ketabids.learning import cohorts, compat
+from ketabids.learning import cohorts, compat, harmonize
 from ketabids.learning.applicability import LIMIT_PERCENTILE, Domain
 from ketabids.learning.conformal import prediction_sets, set_label
 from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
@@ -315,6 +315,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     calibration = platt_apply(fast.oof, *fast.platt)  # analysis.final trains on ``rows``, in order
     model.calibrate_conformal(calibration, y[rows])
     model.fit_domain(matrix[rows], settings.random_seed)
+    model.fit_site_reference(matrix[rows])
     alpha = settings.conformal_alpha
 
     LOGGER.info("permutation test: %d permutations", settings.n_permutations)
@@ -371,6 +372,11 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
                 "method": "Mahalanobis distance, Ledoit-Wolf covariance, residualised scaled features",
                 "reference": "training cohort's out-of-fold distances",
                 "limit_percentile": LIMIT_PERCENTILE,
+            },
+            "site_reference": {
+                "method": "ComBat with the training cohort as frozen reference (--adapt-site)",
+                "scale": "features after the model's covariate regression, training cohort",
+                "min_participants": harmonize.MIN_PARTICIPANTS,
             },
         },
     )

@@ -62,6 +62,7 @@ class GroupSettings:
     model_file: Path | None = None
     force_model: bool = False  # apply despite a threshold or major library-version mismatch
     conformal_alpha: float = 0.10  # error level of the conformal prediction sets
+    adapt_site: bool = False  # with model_file: map unseen sites onto the training cohort (ComBat)
     recalibrate: bool = False  # with model_file: refit its sigmoid on local outcomes (child model)
     n_jobs: int = 1
     random_seed: int = 0

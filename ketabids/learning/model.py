@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from ketabids.learning.applicability import Domain, fit_domain
 from ketabids.learning.conformal import calibration_scores, prediction_sets
+from ketabids.learning.harmonize import SiteEffect, adapt_residuals, site_reference
 from ketabids.learning.preprocessing import ResidualParams, apply_residualizer, fit_residualizer
 
 CLASSIFIERS = ("svm-linear", "svm-rbf", "logistic")
@@ -132,8 +133,9 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
 
     ``platt_a``/``platt_b`` come from the inner cross-validation's out-of-fold decision values,
     so the calibration never sees the rows it is applied to during validation. Conformal
-    calibration (``calibrate_conformal``) and the applicability check (``fit_domain``) are
-    optional: model files written before them have neither.
+    calibration (``calibrate_conformal``), the applicability check (``fit_domain``) and the
+    reference of site adaptation (``fit_site_reference``) are optional: model files written
+    before them have none.
     """
 
     def __init__(self, pipeline: Pipeline | None = None, platt_a: float = 1.0, platt_b: float = 0.0):
@@ -182,3 +184,20 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
             return None
         domain, z = Domain(**self.domain_), self.pipeline[:-1].transform(X)
         return domain.percentile(z), domain.within(z)
+
+    def fit_site_reference(self, X) -> CalibratedModel:
+        """Store the training rows' residual mean and variance, the reference of site adaptation."""
+        self.site_reference_ = site_reference(self.pipeline[0].transform(X))
+        return self
+
+    def adapt_site(self, X, fit_rows: np.ndarray | None = None) -> tuple[np.ndarray, SiteEffect]:
+        """Rows ``X`` of one unseen site with their features mapped onto the training reference by
+        ComBat (``ketabids.learning.harmonize``), the site's effect estimated on ``fit_rows``
+        (boolean, default all); the covariate columns are kept as they are."""
+        if getattr(self, "site_reference_", None) is None:
+            raise ValueError("the model file stores no site reference (written by an older ketabids)")
+        X = np.array(X, dtype=float)
+        residuals = self.pipeline[0].transform(X)
+        adapted, effect = adapt_residuals(residuals, self.site_reference_, fit_rows)
+        X[:, : residuals.shape[1]] += adapted - residuals
+        return X, effect

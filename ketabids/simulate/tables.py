@@ -125,3 +125,33 @@ def write_tables(
         write_tsv_atomic(
             tissue, derivative_path(source, output_dir, suffix="morph", extension=".tsv", desc="tissue")
         )
+
+
+def shift_scanner(
+    output_dir: str | os.PathLike,
+    participants: list[str],
+    *,
+    gain: float = 1.08,
+    region_sd: float = 0.05,
+    spread: float = 1.3,
+    seed: int = 0,
+) -> None:
+    """Rewrite the regional GM tables of ``participants`` as measured by another scanner.
+
+    Each region's GM fraction of TIV is scaled by ``gain`` times a per-region factor (SD
+    ``region_sd``: scanners differ region by region) and its spread around the participants'
+    median widened by ``spread``: a per-region affine map, the scanner effect ComBat models.
+    TIV and the tissue tables are left as they were.
+    """
+    output_dir = Path(output_dir)
+    paths = [next((output_dir / p).glob("**/anat/*_seg-*_morph.tsv")) for p in participants]
+    tissue = [next((output_dir / p).glob("**/anat/*_desc-tissue_morph.tsv")) for p in participants]
+    tables = [pd.read_csv(path, sep="\t") for path in paths]
+    tiv = np.array([float(pd.read_csv(path, sep="\t")["tiv_mm3"].iloc[0]) for path in tissue])
+    fraction = np.array([table["gm_volume_mm3"].to_numpy(dtype=float) for table in tables]) / tiv[:, None]
+    rng = np.random.default_rng([seed, 104729])
+    region_gain = gain * (1 + rng.normal(0, region_sd, fraction.shape[1]))
+    centre = np.median(fraction, axis=0)
+    shifted = region_gain * (centre + spread * (fraction - centre)) * tiv[:, None]
+    for table, path, volumes in zip(tables, paths, shifted, strict=True):
+        write_tsv_atomic(table.assign(gm_volume_mm3=np.round(volumes, 1)), path)

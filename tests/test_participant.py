@@ -185,9 +185,10 @@ def test_rerun_reuses_finished_nodes(run):
 @pytest.mark.slow
 def test_same_input_and_options_give_byte_identical_outputs(run):
     """Seeded ANTs/Atropos/deepbet with --omp-nthreads 1: two command-line runs (new work dirs)
-    write the same bytes (gzip headers carry no time stamp). Each run is a fresh process as for a
-    user: ITK fixes its thread count at its first call in a process, so a run inside this test
-    process (or in workers forked from it) would inherit whatever other tests set."""
+    write the same bytes (gzip headers and the HDF5 transforms carry no time stamp). Each run is a
+    fresh process as for a user: ITK fixes its thread count at its first call in a process, so a
+    run inside this test process (or in workers forked from it) would inherit whatever other tests
+    set."""
     root = run[0]
     code = "import sys; from ketabids.cli import main; sys.exit(main(sys.argv[1:]))"
     outputs = []
@@ -199,8 +200,8 @@ def test_same_input_and_options_give_byte_identical_outputs(run):
         assert result.returncode == 0, result.stderr[-2000:]
         outputs.append(out / "sub-good" / "anat")
     first, second = outputs
-    names = sorted(p.name for p in first.iterdir() if p.name.endswith((".nii.gz", "_morph.tsv")))
-    assert len(names) >= 10
+    names = sorted(p.name for p in first.iterdir() if p.name.endswith((".nii.gz", "_morph.tsv", "_xfm.h5")))
+    assert len(names) >= 12 and sum(name.endswith("_xfm.h5") for name in names) == 2
     for name in names:
         assert (first / name).read_bytes() == (second / name).read_bytes(), name
 

@@ -1,9 +1,10 @@
 """Affine + SyN registration of a brain-extracted T1w to MNI152NLin2009aSym, and applying its transforms.
 
 The transforms are written by ``antsRegistration`` itself as composite ANTs/ITK HDF5 files
-(forward: T1w -> template, inverse: template -> T1w). The deformable stage uses a
-cross-correlation metric on the template brain resampled to ``template_spacing`` mm and cropped
-to the brain, so that the deformation follows local volume change at a cost of about a minute.
+(forward: T1w -> template, inverse: template -> T1w), then rewritten without HDF5 time stamps so
+that reruns give the same bytes. The deformable stage uses a cross-correlation metric on the
+template brain resampled to ``template_spacing`` mm and cropped to the brain, so that the
+deformation follows local volume change at a cost of about a minute.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from ketabids.data.templates import load_template
 from ketabids.processing.anat import bounding_box, crop
+from ketabids.processing.transforms import drop_time_stamps
 
 CROP_MARGIN_MM = 8.0
 MIN_TEMPLATE_SPACING_MM = 2.0
@@ -162,6 +164,8 @@ def register_to_template(
     if status != 0:
         raise RuntimeError(f"antsRegistration failed with status {status}")
     forward, inverse = Path(prefix + "Composite.h5"), Path(prefix + "InverseComposite.h5")
+    for transform in (forward, inverse):
+        drop_time_stamps(transform)
     template = ants.image_read(str(template_output_grid(out_dir)))
     moving = ants.image_read(str(moving_file))
     warped = ants.apply_transforms(template, moving, [str(forward)], interpolator="linear")

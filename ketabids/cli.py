@@ -290,7 +290,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--n-jobs",
         type=_positive_int,
         default=cpus,
-        help="parallel jobs for cross-validation and permutations (default: the CPUs available, here %(default)s)",
+        help="parallel jobs for cross-validation and permutations: loky processes, or the worker "
+        "processes of the local Dask cluster (default: the CPUs available, here %(default)s)",
+    )
+    grp.add_argument(
+        "--parallel-backend",
+        choices=["loky", "dask"],
+        default=DEFAULT_GROUP.parallel_backend,
+        help="where CV repeats and permutations run: loky (local processes) or dask (a Dask "
+        "cluster: --dask-scheduler, or a local one); same seed, same results",
+    )
+    grp.add_argument(
+        "--dask-scheduler",
+        metavar="ADDRESS",
+        help="with --parallel-backend dask: address of a running Dask scheduler "
+        "([tcp://]host:port); default: start a local cluster of --n-jobs worker processes",
+    )
+    grp.add_argument(
+        "--dask-timeout",
+        type=_positive_float,
+        default=DEFAULT_GROUP.dask_timeout,
+        metavar="SECONDS",
+        help="seconds to wait for the Dask scheduler and its first worker before failing (exit 1)",
     )
 
     cols = parser.add_argument_group("participants.tsv column names")
@@ -427,6 +448,17 @@ def participant_exit_code(failures: Sequence, total: int, output_dir: Path) -> i
     return EXIT_FAILURE
 
 
+def _dask_scheduler(args: argparse.Namespace) -> str | None:
+    """The checked ``--dask-scheduler`` address; exit 64 if malformed or without the dask backend."""
+    from ketabids.learning.backends import check_scheduler_address
+
+    if args.dask_scheduler is None:
+        return None
+    if args.parallel_backend != "dask":
+        raise UsageError("--dask-scheduler needs --parallel-backend dask")
+    return check_scheduler_address(args.dask_scheduler)
+
+
 def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -> GroupSettings:
     """Map the parsed options onto the group level's settings."""
     from ketabids.bids import clean_labels
@@ -468,6 +500,9 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         conformal_alpha=args.conformal_alpha,
         recalibrate=args.recalibrate,
         n_jobs=args.n_jobs,
+        parallel_backend=args.parallel_backend,
+        dask_scheduler=_dask_scheduler(args),
+        dask_timeout=args.dask_timeout,
         random_seed=args.random_seed,
         allow_mixed_versions=args.allow_mixed_versions,
         columns=columns,

@@ -27,14 +27,15 @@ from ketabids.derivatives import (
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.learning import cohorts, compat, harmonize
 from ketabids.learning.applicability import LIMIT_PERCENTILE, Domain
+from ketabids.learning.backends import parallel_workers
 from ketabids.learning.conformal import prediction_sets, set_label
-from ketabids.learning.engine import CVResult, Data, Protocol, evaluate, run_cv
+from ketabids.learning.engine import CVResult, Data, Protocol, evaluate
 from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
 from ketabids.learning.inputs import GroupInputs, load_inputs
 from ketabids.learning.metrics import METRICS, balanced_accuracy, binary_metrics, permutation_p_value
 from ketabids.learning.model import CalibratedModel, build_pipeline, platt_apply
 from ketabids.learning.modelfile import load_model, save_model
-from ketabids.learning.permutation import null_distribution, prepare_analysis
+from ketabids.learning.permutation import cross_validate, null_distribution, prepare_analysis
 from ketabids.learning.recalibration import write_recalibration
 from ketabids.learning.weights import haufe_pattern, region_map, weight_table
 from ketabids.reports.methods import software_versions
@@ -298,10 +299,16 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     LOGGER.info(
         "training on %d discovery participants; apply sets: %s", rows.size, ", ".join(apply_sets) or "none"
     )
-    analysis = prepare_analysis(
-        data, rows, y, apply_sets, protocol, settings.random_seed, settings.n_jobs, blocks=blocks
-    )
-    cv = run_cv(data, analysis.cv, y, rows, protocol, want_weights=True)
+    backend = settings.parallel_backend, settings.n_jobs, settings.dask_scheduler, settings.dask_timeout
+    with parallel_workers(*backend) as n_workers:
+        analysis = prepare_analysis(
+            data, rows, y, apply_sets, protocol, settings.random_seed, n_workers, blocks=blocks
+        )
+        cv = cross_validate(analysis, y, protocol, n_workers, want_weights=True)
+        LOGGER.info("permutation test: %d permutations", settings.n_permutations)
+        null = null_distribution(
+            analysis, y, protocol, settings.n_permutations, settings.random_seed, n_workers
+        )
 
     fast = evaluate(analysis.final, y, protocol)
     best_c = protocol.c_grid[fast.c_index]
@@ -317,11 +324,6 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
     model.fit_domain(matrix[rows], settings.random_seed)
     model.fit_site_reference(matrix[rows])
     alpha = settings.conformal_alpha
-
-    LOGGER.info("permutation test: %d permutations", settings.n_permutations)
-    null = null_distribution(
-        analysis, y, protocol, settings.n_permutations, settings.random_seed, settings.n_jobs
-    )
 
     metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
     # training rows: sets of their calibration probabilities (the final model's inner CV, also

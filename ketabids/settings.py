@@ -65,6 +65,9 @@ class GroupSettings:
     adapt_site: bool = False  # with model_file: map unseen sites onto the training cohort (ComBat)
     recalibrate: bool = False  # with model_file: refit its sigmoid on local outcomes (child model)
     n_jobs: int = 1
+    parallel_backend: str = "loky"  # joblib backend of CV repeats and permutations: loky or dask
+    dask_scheduler: str | None = None  # with dask: the scheduler's address; None: a local cluster
+    dask_timeout: float = 30.0  # seconds to reach the scheduler and its first worker
     random_seed: int = 0
     allow_mixed_versions: bool = False
     columns: ColumnNames = field(default_factory=ColumnNames)

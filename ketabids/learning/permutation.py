@@ -1,15 +1,20 @@
-"""Label-free preparation of the whole analysis and its permutation null distribution.
+"""Label-free preparation of the whole analysis, its repeated nested CV and permutation null.
 
 Each permutation shuffles the discovery labels and reruns the whole training procedure: the
 repeated nested CV (statistics against the permuted labels) and the final model with inner
 tuning, whose predictions on the external and control sets (true labels) give their
 "retrained" nulls. When the discovery cohort spans several sites, labels are shuffled within
 each site only (exchangeability blocks), so a site's response rate is kept under the null.
+
+The folds, CV repeats and permutations run in chunks through joblib (whichever backend
+``ketabids.learning.backends`` set). A permutation's labels derive from the seed and its index
+only, and every chunk limits BLAS to one thread, so the chunking, the backend and the number
+of workers never change a result.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -79,6 +84,39 @@ def prepare_analysis(
         final=_prepare_all(data, [final], protocol.classifier)[0],
         apply_names=list(apply_sets),
         blocks=None if blocks is None else np.asarray(blocks),
+    )
+
+
+def _cv_chunk(
+    data: Data, prepared: list[Prepared], y: np.ndarray, rows: np.ndarray, protocol: Protocol, weights: bool
+) -> CVResult:
+    with threadpool_limits(1):
+        return run_cv(data, prepared, y, rows, protocol, want_weights=weights)
+
+
+def cross_validate(
+    analysis: Analysis, y: np.ndarray, protocol: Protocol, n_jobs: int = 1, *, want_weights: bool = False
+) -> CVResult:
+    """The repeated nested CV with labels ``y``, its repeats run in up to ``n_jobs`` parallel chunks."""
+    chunks = np.array_split(np.arange(protocol.cv_repeats), min(n_jobs, protocol.cv_repeats))
+    folds = protocol.outer_folds
+    parts = Parallel(n_jobs=len(chunks))(
+        delayed(_cv_chunk)(
+            analysis.data,
+            analysis.cv[chunk[0] * folds : (chunk[-1] + 1) * folds],
+            y,
+            analysis.rows,
+            replace(protocol, cv_repeats=len(chunk)),
+            want_weights,
+        )
+        for chunk in chunks
+    )
+    return CVResult(
+        decision=np.concatenate([part.decision for part in parts]),
+        probability=np.concatenate([part.probability for part in parts]),
+        fold=np.concatenate([part.fold for part in parts]),
+        c_chosen=np.concatenate([part.c_chosen for part in parts]),
+        weights=[w for part in parts for w in part.weights],
     )
 
 

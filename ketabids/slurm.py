@@ -342,7 +342,7 @@ def run_on_slurm(
     for task in tasks:
         if task.task_id in active:
             detail = (
-                f"still running after the {options.timeout:.0f} s --slurm-timeout; it keeps going: "
+                f"not ended within the {options.timeout:.0f} s --slurm-timeout; it stays queued: "
                 "rerun the same command to wait for it again, or scancel it"
             )
             failures.append(SlurmFailure(task.subject, task.task_id, active[task.task_id], detail, task.log))

@@ -1,6 +1,6 @@
 """The participant level through a real single-node Slurm (``slurm_cluster`` fixture, conftest.py).
 
-One scenario test runs 3 phantom participants (4 mm) and one that fails inside the workflow as a
+One scenario test runs 3 phantom participants (4 mm; one made to fail inside the workflow) as a
 job array, compares a participant's outputs byte for byte with a local run, then resubmits only
 the incomplete participants; it is one test so that pytest-xdist never runs it twice.
 """
@@ -32,7 +32,8 @@ def ketabids(*args: object, env: dict) -> subprocess.CompletedProcess:
 
 
 def error_lines(stderr: str) -> list[str]:
-    return [line.split("ERROR: ", 1)[1] for line in stderr.splitlines() if "ERROR: " in line]
+    """The per-participant error lines of a run's log."""
+    return [line.split("ERROR: ", 1)[1] for line in stderr.splitlines() if "ERROR: sub-" in line]
 
 
 def contract(bids: Path, out: Path, label: str) -> list[Path]:
@@ -42,20 +43,20 @@ def contract(bids: Path, out: Path, label: str) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> tuple[Path, list[str]]:
-    """3 simulated 4 mm participants plus ``sub-bad``: an empty image that passes the input checks
-    and fails in the workflow's first steps."""
+def phantoms(tmp_path_factory) -> tuple[Path, list[str], str]:
+    """3 simulated 4 mm participants; the last one's image emptied (all zeros, header kept): it passes
+    the input checks and fails in the workflow's first steps."""
     from ketabids.simulate.cohort import simulate_cohort
     from ketabids.simulate.dataset import write_bids_dataset
 
     bids = tmp_path_factory.mktemp("slurm") / "bids"
     design = simulate_cohort(n_discovery=3, n_external=(), n_saline=0, seed=11)
     write_bids_dataset(bids, design, voxel_size=(4.0, 4.0, 4.0), seed=11)
-    labels = sorted(p.name.removeprefix("sub-") for p in bids.glob("sub-*"))
-    bad = bids / "sub-bad" / "anat" / "sub-bad_T1w.nii.gz"
-    bad.parent.mkdir(parents=True)
-    nib.Nifti1Image(np.zeros((20, 20, 20), np.int16), np.diag([4.0, 4.0, 4.0, 1.0])).to_filename(bad)
-    return bids, labels
+    *labels, bad = sorted(p.name.removeprefix("sub-") for p in bids.glob("sub-*"))
+    image = nib.load(bids / f"sub-{bad}" / "anat" / f"sub-{bad}_T1w.nii.gz")
+    empty = nib.Nifti1Image(np.zeros(image.shape, image.get_data_dtype()), image.affine, image.header)
+    empty.to_filename(image.get_filename())
+    return bids, labels, bad
 
 
 def tasks(out: Path) -> dict[str, str]:
@@ -71,7 +72,7 @@ def slurm_log(out: Path, task: str) -> Path:
 
 @pytest.mark.slow
 def test_participants_as_a_job_array_then_only_the_incomplete_resubmitted(slurm_cluster, phantoms, tmp_path):
-    bids, labels = phantoms
+    bids, labels, bad_label = phantoms
     env, out = slurm_cluster.env, tmp_path / "out"
     local = tmp_path / "local"
     local_run = subprocess.Popen(  # the same participant run here, alongside the array
@@ -82,11 +83,12 @@ def test_participants_as_a_job_array_then_only_the_incomplete_resubmitted(slurm_
     first = ketabids(bids, out, "participant", *SLURM, "--slurm-timeout", 1500, env=env)
     assert first.returncode == 1, first.stderr[-3000:]
     job = first.stdout.split()[0]
-    assert job.isdigit() and set(tasks(out)) == {*labels, "bad"}
-    bad = tasks(out)["bad"]
+    assert job.isdigit() and set(tasks(out)) == {*labels, bad_label}
+    bad = tasks(out)[bad_label]
     [line] = error_lines(first.stderr)  # one line, for the failing participant only
-    assert line.startswith(f"sub-bad: Slurm task {bad} FAILED (exit 1:0): step 'anat_preproc_wf.")
-    assert line.endswith(f"(log: {slurm_log(out, bad)})") and "sub-bad" in slurm_log(out, bad).read_text()
+    assert line.startswith(f"sub-{bad_label}: Slurm task {bad} FAILED (exit 1:0): step 'anat_preproc_wf.")
+    assert line.endswith(f"(log: {slurm_log(out, bad)})") and bad_label in slurm_log(out, bad).read_text()
+    assert "1 of 3 participant run(s) failed" in first.stderr
     for label in labels:
         assert all(path.is_file() for path in contract(bids, out, label)), label
         assert f"sub-{label}: finished (Slurm task {tasks(out)[label]})" in first.stderr
@@ -98,33 +100,36 @@ def test_participants_as_a_job_array_then_only_the_incomplete_resubmitted(slurm_
     for path in compared:
         assert path.read_bytes() == (local / path.relative_to(out)).read_bytes(), path.name
 
-    # a lost output makes labels[1] incomplete: only it and sub-bad are resubmitted (held here)
-    done = {p: p.stat().st_mtime_ns for label in (labels[0], labels[2]) for p in contract(bids, out, label)}
+    # a lost output makes labels[1] incomplete: only it and the failed one are resubmitted (held here)
+    done = {p: p.stat().st_mtime_ns for p in contract(bids, out, labels[0])}
     before = tasks(out)
     regional = next(p for p in contract(bids, out, labels[1]) if p.name.endswith("_morph.tsv"))
     regional.unlink()
     held = ketabids(bids, out, "participant", *SLURM, "--no-wait", "--slurm-args=--hold", env=env)
     assert held.returncode == 0, held.stderr[-3000:]
     second = held.stdout.split()[0]
-    assert f"already complete, not resubmitted: {labels[0]} {labels[2]}" in held.stderr
+    assert f"1 participant(s) already complete, not resubmitted: {labels[0]}" in held.stderr
     after = tasks(out)
-    assert {label for label in after if after[label] != before[label]} == {labels[1], "bad"}
-    assert {after[labels[1]], after["bad"]} == {f"{second}_0", f"{second}_1"}
+    assert {label for label in after if after[label] != before[label]} == {labels[1], bad_label}
+    assert [after[labels[1]], after[bad_label]] == [f"{second}_0", f"{second}_1"]
 
     # tasks still queued are waited for, not submitted twice; the wait ends at --slurm-timeout
     waiting = ketabids(bids, out, "participant", *SLURM, "--slurm-timeout", 3, env=env)
     assert waiting.returncode == 1 and waiting.stdout == "" and tasks(out) == after
     assert sorted(error_lines(waiting.stderr)) == [
-        f"sub-{label}: Slurm task {after[label]} PENDING: still running after the 3 s --slurm-timeout; it "
-        f"keeps going: rerun the same command to wait for it again, or scancel it "
+        f"sub-{label}: Slurm task {after[label]} PENDING: not ended within the 3 s --slurm-timeout; it "
+        f"stays queued: rerun the same command to wait for it again, or scancel it "
         f"(log: {slurm_log(out, after[label])})"
-        for label in (labels[1], "bad")
+        for label in (labels[1], bad_label)
     ]
     subprocess.run(["scontrol", "release", second], env=env, check=True)
     last = ketabids(bids, out, "participant", *SLURM, "--slurm-timeout", 1500, env=env)
     assert last.returncode == 1, last.stderr[-3000:]
     [line] = error_lines(last.stderr)
-    assert line.startswith("sub-bad: Slurm task ") and "FAILED (exit 1:0): step 'anat_preproc_wf." in line
+    assert (
+        line.startswith(f"sub-{bad_label}: Slurm task ")
+        and "FAILED (exit 1:0): step 'anat_preproc_wf." in line
+    )
     assert regional.is_file()
     assert {p: p.stat().st_mtime_ns for p in done} == done  # complete participants left alone
 

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -94,10 +95,17 @@ def kernel_gb(analysis: Analysis) -> float:
     return sum(b.train.nbytes + sum(o.nbytes for o in b.others) for b in blocks) / 1024**3
 
 
+def cpu_seconds() -> float:
+    """User + system CPU of this process and of its reaped children (loky or local Dask workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def measure(cohort: Cohort, protocol: Protocol, n_permutations: int, backend: str, workers: int,
             scheduler: str | None, seed: int = 0) -> dict[str, float]:  # fmt: skip
     """Wall (and this process's CPU) seconds of each phase."""
     get_reusable_executor().shutdown(wait=True)  # every run starts its loky workers, as a new command does
+    cpu_start = cpu_seconds()
     marks = [(time.perf_counter(), time.process_time())]
     with parallel_workers(backend, workers, scheduler) as n_workers:
         marks.append((time.perf_counter(), time.process_time()))
@@ -110,12 +118,15 @@ def measure(cohort: Cohort, protocol: Protocol, n_permutations: int, backend: st
         null_distribution(analysis, cohort.y, protocol, n_permutations, seed, n_workers)
         marks.append((time.perf_counter(), time.process_time()))
     marks.append((time.perf_counter(), time.process_time()))
+    get_reusable_executor().shutdown(wait=True)  # reap the loky workers so that their CPU time counts
+    total_cpu = cpu_seconds() - cpu_start
     wall = np.diff([m[0] for m in marks])
     cpu = np.diff([m[1] for m in marks])
     names = ["start", "prepare", "cv", "permutations"]
     out = {name: wall[i] for i, name in enumerate(names)}
     out["start"] += wall[4]  # closing the cluster
     out.update({f"{name}_cpu": cpu[i] for i, name in enumerate(names)})
+    out["cpu"] = total_cpu
     out["workers"] = n_workers
     out["kernel_gb"] = kernel_gb(analysis)
     return out
@@ -129,7 +140,7 @@ def workers_mode(args: argparse.Namespace, workdir: Path) -> None:
     cohort = make_cohort(200, args.seed, workdir)
     print(f"200 participants (discovery n = {cohort.rows.size}), 121 ROIs, 10 x 10-fold nested CV, "
           f"{args.n_permutations} permutations; extrapolated to {PAPER_PERMUTATIONS} permutations")  # fmt: skip
-    print("backend  workers  start_s  prepare_s  cv_s  perm_s  s_per_perm  paper_est_s  load_before")
+    print("backend  workers  start_s  prepare_s  cv_s  perm_s  s_per_perm  paper_est_s  cpu_s  load_before")
     for backend in args.backends:
         for workers in args.workers:
             before = load()
@@ -137,7 +148,7 @@ def workers_mode(args: argparse.Namespace, workdir: Path) -> None:
             per = t["permutations"] / args.n_permutations
             paper = t["start"] + t["prepare"] + t["cv"] + per * PAPER_PERMUTATIONS
             print(f"{backend:7s}  {t['workers']:7d}  {t['start']:7.1f}  {t['prepare']:9.1f}  {t['cv']:4.1f}  "
-                  f"{t['permutations']:6.1f}  {per:10.3f}  {paper:11.0f}  {before}", flush=True)  # fmt: skip
+                  f"{t['permutations']:6.1f}  {per:10.3f}  {paper:11.0f}  {t['cpu']:5.0f}  {before}", flush=True)  # fmt: skip
 
 
 def participants_mode(args: argparse.Namespace, workdir: Path) -> None:
@@ -145,7 +156,7 @@ def participants_mode(args: argparse.Namespace, workdir: Path) -> None:
     scale = PAPER.cv_repeats / args.cv_repeats
     print(f"{args.cv_repeats} x 10-fold nested CV (5 inner folds, 5 C), {args.n_permutations} permutations, "
           f"loky, 1 worker; paper_est: x{scale:g} for 10 repeats, {PAPER_PERMUTATIONS} permutations")  # fmt: skip
-    print("n  discovery  load_tables_s  prepare_s  cv_s  s_per_perm  cpu_per_perm  kernels_GB  "
+    print("n  discovery  load_tables_s  prepare_s  cv_s  s_per_perm  cpu_per_perm  kernels_MB  "
           "paper_est_cpu_s  paper_kernels_GB  load_before")  # fmt: skip
     for n in args.sizes:
         cohort = make_cohort(n, args.seed, workdir)
@@ -154,8 +165,8 @@ def participants_mode(args: argparse.Namespace, workdir: Path) -> None:
         per, per_cpu = t["permutations"] / args.n_permutations, t["permutations_cpu"] / args.n_permutations
         paper = scale * (t["prepare_cpu"] + t["cv_cpu"] + per_cpu * PAPER_PERMUTATIONS)
         print(f"{n:5d}  {cohort.rows.size:9d}  {cohort.load_s:13.1f}  {t['prepare']:9.1f}  {t['cv']:5.1f}  "
-              f"{per:10.2f}  {per_cpu:12.2f}  {t['kernel_gb']:10.2f}  {paper:15.0f}  "
-              f"{scale * t['kernel_gb']:16.1f}  {before}", flush=True)  # fmt: skip
+              f"{per:10.2f}  {per_cpu:12.2f}  {1024 * t['kernel_gb']:10.1f}  {paper:15.0f}  "
+              f"{scale * t['kernel_gb']:16.2f}  {before}", flush=True)  # fmt: skip
 
 
 def main() -> None:

@@ -72,6 +72,11 @@ def _check_workers(client, address: str) -> None:
 def _connect(stack: ExitStack, n_jobs: int, scheduler: str | None, timeout: float):
     from distributed import Client, LocalCluster
 
+    # Dask's configuration, read at import, sets its loggers to INFO: keep other libraries' level
+    dask_logger = logging.getLogger("distributed")
+    stack.callback(dask_logger.setLevel, dask_logger.level)
+    dask_logger.setLevel(max(dask_logger.getEffectiveLevel(), logging.getLogger().level))
+
     if scheduler is None:
         LOGGER.info("starting a local Dask cluster of %d worker process(es)", n_jobs)
         try:

@@ -7,7 +7,8 @@
    and validates the classifier and writes ``model.skops``;
 2. an *imaging site* with a few whole-head T1w scans (synthetic phantoms with known truth):
    the participant level measures them, and the group level applies the training site's
-   model to them with ``--model``.
+   model to them with ``--model`` and writes one prediction report per patient
+   (``group/sub-<label>_prediction.html``).
 
 It prints where the reports are. Cross-validation and permutation settings are reduced so
 that everything finishes in about 5 minutes on 2 cores; the reports state the settings used.
@@ -70,6 +71,21 @@ def simulate_sites(out_dir: Path, args: argparse.Namespace) -> tuple[Path, Path,
     return train_bids, train_out, image_bids, image_out
 
 
+def summary(train_out: Path, image_out: Path, minutes: float) -> str:
+    """The closing message: where the group, participant and per-patient reports are."""
+    reports = sorted(image_out.glob("sub-*.html"))
+    patients = sorted((image_out / "group").glob("sub-*_prediction.html"))
+    lines = [
+        f"\nketabids demo finished in {minutes:.1f} min. Open in a browser:",
+        f"  training-site group report:   {train_out / 'group' / 'report.html'}",
+        f"  imaging-site participant reports ({len(reports)}): {reports[0] if reports else 'none'} ...",
+        f"  imaging-site predictions:     {image_out / 'group' / 'report.html'}",
+        f"  imaging-site per-patient prediction reports ({len(patients)}):",
+        *(f"    {path}" for path in patients),
+    ]
+    return "\n".join(lines)
+
+
 def run_demo(argv: Sequence[str] | None = None) -> int:
     """Simulate both sites and run ketabids on them; return the first non-zero exit code."""
     args = build_parser().parse_args(argv)
@@ -91,11 +107,7 @@ def run_demo(argv: Sequence[str] | None = None) -> int:
         if code != 0:
             LOGGER.error("%s exited with code %d", title, code)
             return code
-    reports = sorted(image_out.glob("sub-*.html"))
-    print(f"\nketabids demo finished in {(time.monotonic() - start) / 60:.1f} min. Open in a browser:")
-    print(f"  training-site group report:   {train_out / 'group' / 'report.html'}")
-    print(f"  imaging-site participant reports ({len(reports)}): {reports[0] if reports else 'none'} ...")
-    print(f"  imaging-site predictions:     {image_out / 'group' / 'report.html'}")
+    print(summary(train_out, image_out, (time.monotonic() - start) / 60))
     return 0
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -33,7 +34,7 @@ from ketabids.learning.engine import CVResult, Data, Protocol, evaluate
 from ketabids.learning.inference import corrected_resampled_interval, frozen_model_p_values, specificity_test
 from ketabids.learning.inputs import GroupInputs, load_inputs
 from ketabids.learning.metrics import METRICS, balanced_accuracy, binary_metrics, permutation_p_value
-from ketabids.learning.model import CalibratedModel, build_pipeline, platt_apply
+from ketabids.learning.model import CalibratedModel, build_pipeline
 from ketabids.learning.modelfile import load_model, save_model
 from ketabids.learning.permutation import cross_validate, null_distribution, prepare_analysis
 from ketabids.learning.recalibration import write_recalibration
@@ -81,11 +82,13 @@ def _check_training_labels(y: np.ndarray, protocol: Protocol, discovery: str) ->
         )
 
 
-def _apply_sets(table: pd.DataFrame) -> dict[str, np.ndarray]:
+def _apply_sets(table: pd.DataFrame, left_out: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Row positions of the external cohorts (pooled and each), of the control set, and (apply
-    mode) of participants without a treatment arm."""
+    mode) of participants without a treatment arm; rows where ``left_out`` is true are in none."""
     sets: dict[str, np.ndarray] = {}
     evaluation = table["evaluation"].to_numpy()
+    if left_out is not None:
+        evaluation = np.where(left_out, None, evaluation)
     external = evaluation == cohorts.ROLE_EXTERNAL
     if external.any():
         sets["external"] = np.flatnonzero(external)
@@ -167,10 +170,15 @@ def _prediction_rows(
     probability: np.ndarray,
     sets: np.ndarray | None = None,
     applicability: tuple[np.ndarray, np.ndarray] | None = None,
+    reasons: pd.Series | None = None,
 ) -> pd.DataFrame:
     """Rows of ``predictions.tsv``; ``sets`` (boolean (n, 2) conformal sets) adds ``prediction_set``,
-    ``applicability`` (percentile, within the limit) adds ``applicability_percentile``/``applicable``."""
+    ``applicability`` (percentile, within the limit) adds ``applicability_percentile``/``applicable``;
+    a non-empty ``reasons`` entry (QC, unseen site) makes a row not applicable whatever its distance."""
     part = table.iloc[rows]
+    blocked = np.zeros(len(part), bool) if reasons is None else reasons.reindex(part.index).fillna("").ne("")
+    if applicability is None and np.any(blocked):  # a model file without the distance check
+        applicability = (np.full(len(part), np.nan), np.ones(len(part), bool))
     out = pd.DataFrame(
         {
             "participant_id": part.index,
@@ -187,7 +195,7 @@ def _prediction_rows(
         out["prediction_set"] = [set_label(members) for members in sets]
     if applicability is not None:
         out["applicability_percentile"] = np.round(applicability[0], 1)
-        out["applicable"] = np.where(applicability[1], "true", "false")
+        out["applicable"] = np.where(applicability[1] & ~np.asarray(blocked), "true", "false")
     return out
 
 
@@ -316,20 +324,24 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         protocol.classifier, best_c, inputs.covariates.shape[1], seed=settings.random_seed
     )
     model = CalibratedModel(pipeline, *fast.platt).fit(matrix[rows], y[rows].astype(int))
-    # conformal scores from the final model's own inner-CV out-of-fold decisions through its Platt
-    # sigmoid: the same C and sigmoid as the final model, so they are exchangeable with its scores
-    # on new participants (the outer CV's repeat-averaged probabilities are spread twice as wide)
-    calibration = platt_apply(fast.oof, *fast.platt)  # analysis.final trains on ``rows``, in order
-    model.calibrate_conformal(calibration, y[rows])
+    # conformal scores: the outer CV's out-of-fold probabilities of every repeat. Each comes from a
+    # model built like the final one (C tuned in its own inner CV, its own Platt sigmoid) that never
+    # saw the participant, so they are exchangeable with the final model's scores on new patients.
+    # (The final model's inner-CV probabilities were not: C is chosen on them, which makes them
+    # optimistic, and their models see 1 - 1/inner_folds of the cohort: sets were too small.)
+    model.calibrate_conformal(cv.probability, y[rows])
     model.fit_domain(matrix[rows], settings.random_seed)
     model.fit_site_reference(matrix[rows])
     alpha = settings.conformal_alpha
 
     metrics = [_cv_row(y[rows], cv, protocol, null, within_site=blocks is not None)]
-    # training rows: sets of their calibration probabilities (the final model's inner CV, also
-    # out-of-fold), which are on the scale of the final model's probabilities for new participants
-    oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, calibration, alpha)
+    # training rows: sets of their repeat-averaged out-of-fold probabilities (those reported)
+    oof_sets = prediction_sets(model.conformal_scores_, model.conformal_labels_, cv.mean_probability, alpha)
     own = Domain(**model.domain_).training_cohort()
+    training_sites = sorted(table["site"].iloc[rows].dropna().astype(str).unique())
+    reasons = compat.unseen_site_reasons(
+        {"covariates": list(settings.covariates), "training_sites": training_sites}, table["site"]
+    )
     predictions = [_prediction_rows(table, rows, cv.mean_decision, cv.mean_probability, oof_sets, own)]
     decision = np.full(len(table), np.nan)
     for name, set_rows in apply_sets.items():
@@ -344,7 +356,9 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
             sets = model.prediction_sets(matrix[set_rows], alpha)
             applicability = model.applicability(matrix[set_rows])
             predictions.append(
-                _prediction_rows(table, set_rows, decision[set_rows], probability, sets, applicability)
+                _prediction_rows(
+                    table, set_rows, decision[set_rows], probability, sets, applicability, reasons
+                )
             )
     specificity = _specificity_row(y, decision, apply_sets, settings)
     if specificity is not None:
@@ -353,7 +367,6 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
 
     final_w, pattern = _final_weights(model, matrix[rows])
     weights = weight_table(list(inputs.features.columns), final_w, cv.weights, pattern)
-    training_sites = table["site"].iloc[rows].dropna().astype(str)
     card = _model_card(
         settings,
         inputs,
@@ -361,13 +374,15 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         {
             "c": best_c,
             "platt": {"a": model.platt_a, "b": model.platt_b},
-            "training_sites": sorted(training_sites.unique()),
+            "training_sites": training_sites,
             "cv_metrics": _metrics_json(metrics_table.iloc[:1])["cv"],
             "c_chosen_in_cv": {str(c): int((cv.c_chosen == c).sum()) for c in protocol.c_grid},
             "conformal": {
                 "method": "Mondrian (label-conditional) split conformal, crepes, hinge score",
-                "calibration": "final model's inner-CV out-of-fold probabilities on the training cohort",
+                "calibration": "outer cross-validation's out-of-fold probabilities on the training cohort, "
+                "every repeat (models built like the final one that never saw the participant)",
                 "n_calibration": int(rows.size),
+                "n_scores": int(model.conformal_scores_.size),
                 "alpha_at_training": alpha,
             },
             "applicability": {
@@ -394,6 +409,7 @@ def _train(settings: GroupSettings, inputs: GroupInputs, group_dir: Path) -> dic
         "cv_repeats": cv.decision,
         "notes": [],
         "contributions": _contributions(model, matrix, inputs),
+        "not_applicable": reasons,
     }
 
 
@@ -408,6 +424,15 @@ def _check_atlas(settings: GroupSettings, atlas: str | None) -> None:
             f"{settings.model_file}: the model was trained on atlas '{atlas}' but {settings.output_dir} "
             f"has tables for {', '.join(sorted(str(a) for a in found))}; rerun the participant level with --atlas {atlas}"
         )
+
+
+def _not_applicable(inputs: GroupInputs, card: dict, adapted: Collection[str] = ()) -> pd.Series:
+    """Why each participant's prediction does not apply whatever its distance to the training
+    cohort (empty when none): a failed participant-level QC, an unseen site not ``adapted``."""
+    reasons = compat.unseen_site_reasons(card, inputs.table["site"], adapted)
+    for participant, failure in inputs.qc_failed.items():
+        reasons[participant] = f"the scan was {failure}, so its measurements cannot be trusted"
+    return reasons
 
 
 def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]:
@@ -426,6 +451,12 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         apply=True,
     )
     notes += compat.site_notes(card, inputs.table["site"], settings.model_file)
+    reasons = _not_applicable(inputs, card)
+    if inputs.qc_failed:
+        notes.append(
+            f"{len(inputs.qc_failed)} participant(s) flagged by participant-level QC "
+            f"({', '.join(inputs.qc_failed)}): predictions marked not applicable, left out of the metrics"
+        )
     if list(inputs.features.columns) != card.get("feature_names"):
         raise BadDataError(
             f"{settings.model_file}: the model expects {len(card.get('feature_names', []))} "
@@ -452,12 +483,15 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         notes.append(f"{settings.model_file} has no applicability check (written by an older ketabids)")
     table = inputs.table
     y = table["y_true"].to_numpy(dtype=float)
-    sets = _apply_sets(table)
+    sets = _apply_sets(table, reasons.ne("").to_numpy())
     metrics = [_frozen_row(name, y[rows], decision[rows], settings) for name, rows in sets.items()]
     specificity = _specificity_row(y, decision, sets, settings)
     if specificity is not None:
         metrics.append(specificity)
-    metrics_table = _order_columns(pd.DataFrame(metrics))
+    # every participant may be not applicable (QC, unseen sites): then no set has metrics
+    metrics_table = _order_columns(
+        pd.DataFrame(metrics) if metrics else pd.DataFrame(columns=["evaluation", "n"])
+    )
     final_w, pattern = _final_weights(model, matrix)
     weights = weight_table(list(inputs.features.columns), final_w, [], pattern)
     recalibration = None
@@ -471,7 +505,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     return inputs, {
         "mode": "apply",
         "predictions": _prediction_rows(
-            table, np.arange(len(table)), decision, probability, conformal_sets, applicability
+            table, np.arange(len(table)), decision, probability, conformal_sets, applicability, reasons
         ),
         "metrics": metrics_table,
         "weights": weights,
@@ -482,6 +516,7 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         "notes": notes,
         "contributions": _contributions(model, matrix, inputs),
         "response_threshold": threshold,
+        "not_applicable": reasons,
         "recalibration": recalibration,
     }
 
@@ -520,6 +555,7 @@ def run_group_level(settings: GroupSettings) -> None:
         inputs.table["site"],
         result["card"],
         settings.conformal_alpha,
+        result.get("not_applicable"),
     )
     write_group_report(
         group_dir / "report.html", settings=settings, inputs=inputs, result=result, weight_map=weight_map

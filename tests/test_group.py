@@ -205,13 +205,14 @@ def test_single_class_sets_give_no_auc_and_no_p_value(trained, tmp_path):
     assert "specificity" not in metrics.index
 
 
-def test_unseen_site_is_reported_or_refused(trained, tmp_path):
+def test_unseen_site_is_reported_or_not_applicable(trained, tmp_path):
     participants = _held(trained, "external")[:10]
     settings = _applied(trained, tmp_path / "a", participants)
     _edit_participants(settings, lambda t: t.assign(site="siteZ"))
     run_group_level(settings)  # the default model has no site covariate: predictions as usual
     assert "siteZ" in (settings.output_dir / "group" / "report.html").read_text()
-    # a model with a site covariate refuses sites it never saw (never coded as the reference site)
+    # a model with a site covariate: sites it never saw make the prediction not apply (the site is
+    # never silently coded as the reference site)
     design = simulate_cohort(n_discovery=40, n_external=(10,), n_saline=0, effect_size=2.0, seed=4)
     write_tables(design, tmp_path / "b" / "bids", tmp_path / "b" / "out", seed=4)
     source = GroupSettings(bids_dir=tmp_path / "b" / "bids", output_dir=tmp_path / "b" / "out",
@@ -223,8 +224,9 @@ def test_unseen_site_is_reported_or_refused(trained, tmp_path):
     external = list(table.loc[table["cohort"] == "external1", "participant_id"])
     target = replace(_subset_dataset(source, tmp_path / "c", external[:10]), n_permutations=9,
                      model_file=source.output_dir / "group" / "model.skops")  # fmt: skip
-    with pytest.raises(BadDataError, match="never saw"):
-        run_group_level(target)
+    run_group_level(target)
+    assert not _read(target, "predictions.tsv")["applicable"].any()  # site B was never seen
+    assert "never saw (siteB)" in (target.output_dir / "group" / "report.html").read_text()
 
 
 def test_permutations_stay_within_discovery_sites(small):

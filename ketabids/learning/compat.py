@@ -8,7 +8,8 @@ Rules (README, "Applying a shared model"):
   difference is refused (exit 65) unless ``--force-model``. For 0.x versions (skops) the minor
   number counts as the major one, as semantic versioning allows breaking changes there.
 * Sites: participants from sites the model never saw are reported. When ``site`` is one of the
-  model's covariates they are refused (exit 65): the residualisation has no coefficient for an
+  model's covariates and their site was not adapted, their predictions do not apply (rows kept,
+  ``applicable`` false, left out of the metrics): the residualisation has no coefficient for an
   unseen site, and coding it as the reference site would be silently wrong. Without a site
   covariate the site plays no role in the prediction.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Collection
 
 import pandas as pd
 
@@ -68,9 +70,25 @@ def version_notes(card: dict, installed: dict[str, str], force: bool, source: ob
     return notes
 
 
-def site_notes(card: dict, sites: pd.Series, source: object) -> list[str]:
-    """Notes on participants from sites outside the card's ``training_sites``; refuses them when
-    ``site`` is a covariate of the model."""
+def unseen_site_reasons(card: dict, sites: pd.Series, adapted: Collection[str] = ()) -> pd.Series:
+    """Why each participant's prediction does not apply because of its site (empty when it does):
+    a site outside the card's ``training_sites``, not in ``adapted``, when site is a covariate."""
+    reasons = pd.Series("", index=sites.index, dtype=object)
+    known = card.get("training_sites")
+    if "site" not in card.get("covariates", []) or known is None:
+        return reasons
+    values = sites.astype("string")
+    unseen = (values.notna() & ~values.isin(known) & ~values.isin(list(adapted))).to_numpy(bool)
+    reasons[unseen] = [
+        f"the patient's site ({site}) was not seen in training and site is one of the model's "
+        "covariates, so the model has no correction for this site's scanner (the site was not adapted)"
+        for site in values[unseen]
+    ]
+    return reasons
+
+
+def site_notes(card: dict, sites: pd.Series, source: object, adapted: Collection[str] = ()) -> list[str]:
+    """Notes on participants from sites outside the card's ``training_sites``."""
     known = card.get("training_sites")
     uses_site = "site" in card.get("covariates", [])
     if known is None:
@@ -83,15 +101,16 @@ def site_notes(card: dict, sites: pd.Series, source: object) -> list[str]:
     if unseen.empty:
         return []
     names = ", ".join(sorted(map(str, unseen.unique())))
-    if uses_site:
-        raise BadDataError(
-            f"{source}: {unseen.index[0]} (and {len(unseen) - 1} more) come from site(s) {names} the "
-            "model never saw, and site is one of its covariates; retrain without the site covariate "
-            "or include these sites in training"
+    note = f"{len(unseen)} participant(s) from site(s) the model never saw ({names}); "
+    blocked = unseen[~unseen.isin(list(adapted))]
+    if not uses_site:
+        note += "the model has no site covariate, so the site plays no role in their predictions"
+    elif blocked.empty:
+        note += "their sites were adapted to the training sites"
+    else:
+        note += (
+            f"site is one of the model's covariates, so the predictions of {len(blocked)} participant(s) "
+            "from unadapted sites are marked not applicable and left out of the metrics"
         )
-    note = (
-        f"{len(unseen)} participant(s) from site(s) the model never saw ({names}); the model has no "
-        "site covariate, so the site plays no role in their predictions"
-    )
     LOGGER.warning("%s", note)
     return [note]

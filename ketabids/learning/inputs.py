@@ -1,13 +1,15 @@
 """Assemble the group level's inputs: participants, outcome, roles, feature and covariate matrices.
 
 Participants without tables, without a usable role, or flagged by QC are excluded with a
-reason; the caller decides what to do with those lacking an outcome.
+reason; the caller decides what to do with those lacking an outcome. When a shared model is
+applied, participants flagged by QC are kept (with their reason in ``qc_failed``): they get a
+prediction row that says the prediction does not apply.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +30,7 @@ class GroupInputs:
     covariates: pd.DataFrame
     excluded: pd.DataFrame
     voxel_grid: features.VoxelGrid | None = None
+    qc_failed: dict[str, str] = field(default_factory=dict)  # apply mode: kept, flagged by QC
 
     def matrix(self) -> pd.DataFrame:
         """Features then covariates: the input of the saved pipeline."""
@@ -56,7 +59,8 @@ def load_inputs(
     """Read participants and their tables; the keyword overrides come from a model card.
 
     With ``apply`` (a shared model is applied) every participant is predicted: treatment,
-    cohort and MADRS columns are optional and only used to report metrics where they exist.
+    cohort and MADRS columns are optional and only used to report metrics where they exist, and
+    participants flagged by QC are kept with their reason in ``qc_failed``.
     """
     feature_kind = feature_kind or settings.features
     atlas = atlas or settings.atlas
@@ -86,6 +90,7 @@ def load_inputs(
         outcome = cohorts.response(participants, columns, settings.threshold, source)
 
     excluded: list[tuple[str, str]] = []
+    qc_failed: dict[str, str] = {}
     regions, tissue, maps, versions = {}, {}, {}, {}
     for participant in participants.index:
         if pd.isna(roles[participant]):
@@ -98,7 +103,10 @@ def load_inputs(
             continue
         tissue_row = gather.read_tissue_table(found.tissue, participant)
         failure = gather.qc_failure(tissue_row)
-        if failure:
+        if failure and apply:
+            qc_failed[participant] = failure
+            LOGGER.warning("%s %s: its prediction is marked not applicable", participant, failure)
+        elif failure:
             excluded.append((participant, failure))
             continue
         if feature_kind == "voxel" and not found.modulated_gm.is_file():
@@ -141,4 +149,5 @@ def load_inputs(
         covariates=covariate_table.loc[included],
         excluded=pd.DataFrame(excluded, columns=["participant_id", "reason"]),
         voxel_grid=grid,
+        qc_failed=qc_failed,
     )

@@ -159,9 +159,15 @@ class CalibratedModel(ClassifierMixin, BaseEstimator):
         return (self.decision_function(X) > 0).astype(int)
 
     def calibrate_conformal(self, probability: np.ndarray, y: np.ndarray) -> CalibratedModel:
-        """Store the conformal calibration scores of out-of-fold ``probability`` with labels ``y``."""
-        self.conformal_scores_ = calibration_scores(probability, y)
-        self.conformal_labels_ = np.asarray(y).astype(np.int64)
+        """Store the conformal calibration scores of out-of-fold ``probability`` with labels ``y``.
+
+        ``probability`` is (n,) or (repeats, n): the outer CV's out-of-fold probabilities of every
+        repeat, whose scores are pooled (each repeat scores every participant once).
+        """
+        probability = np.atleast_2d(np.asarray(probability, dtype=float))
+        labels = np.tile(np.asarray(y).astype(np.int64), probability.shape[0])
+        self.conformal_scores_ = calibration_scores(probability.ravel(), labels)
+        self.conformal_labels_ = labels
         return self
 
     def prediction_sets(self, X, alpha: float) -> np.ndarray | None:

@@ -2,8 +2,9 @@
 
 Each page states the probability of response, the conformal prediction set in words, whether
 the model applies to the scan (distance to the training cohort, site seen in training), the
-regions that drive this patient's score (weight x standardised feature, linear models) and the
-model card. Bars are drawn in HTML/CSS so that hundreds of pages cost milliseconds each.
+regions that drive this patient's score (weight x standardised feature, linear models: bars and
+a glass-brain map of the top regions) and the model card. Bars are HTML/CSS and the map is a
+precomputed atlas projection (``brainmap``), so hundreds of pages cost milliseconds each.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import jinja2
 import pandas as pd
 
 from ketabids.derivatives import write_text_atomic
+from ketabids.reports.brainmap import CAPTION, region_map_png
 
 _TEMPLATE = Path(__file__).with_name("patient.html")
 TOP_REGIONS = 10
@@ -45,8 +47,9 @@ def _set_sentence(row: pd.Series, alpha: float) -> str | None:
     )
 
 
-def _applicability(row: pd.Series, site: object, card: dict) -> dict:
-    """Plain sentences on the distance to the training cohort and on the site."""
+def _applicability(row: pd.Series, site: object, card: dict, reason: str = "") -> dict:
+    """Plain sentences on the distance to the training cohort and on the site; ``reason`` (a failed
+    QC, an unadapted unseen site) makes the prediction not apply whatever the distance."""
     known = card.get("training_sites") or []
     seen = None if pd.isna(site) else str(site) in known
     if seen is None:
@@ -59,7 +62,9 @@ def _applicability(row: pd.Series, site: object, card: dict) -> dict:
         )
         if "site" not in card.get("covariates", []):
             site_text += " The model has no site covariate, so the site plays no role in the score."
-    if "applicable" not in row.index:
+    if reason:
+        return {"applies": False, "text": f"The prediction does not apply: {reason}.", "site": site_text}
+    if "applicable" not in row.index or pd.isna(row["applicability_percentile"]):
         return {"applies": None, "text": "This model file has no applicability check.", "site": site_text}
     applies = (
         bool(row["applicable"]) if not isinstance(row["applicable"], str) else row["applicable"] == "true"
@@ -79,11 +84,17 @@ def _applicability(row: pd.Series, site: object, card: dict) -> dict:
     return {"applies": applies, "text": text, "site": site_text}
 
 
-def _regions(contributions: pd.Series | None) -> list[dict]:
-    """The ``TOP_REGIONS`` largest contributions, with bar widths in percent of the largest."""
+def _top(contributions: pd.Series | None) -> pd.Series | None:
+    """The ``TOP_REGIONS`` largest contributions (by absolute value), largest first."""
     if contributions is None:
+        return None
+    return contributions.reindex(contributions.abs().sort_values(ascending=False).index[:TOP_REGIONS])
+
+
+def _regions(top: pd.Series | None) -> list[dict]:
+    """Table rows of the top contributions, with bar widths in percent of the largest."""
+    if top is None:
         return []
-    top = contributions.reindex(contributions.abs().sort_values(ascending=False).index[:TOP_REGIONS])
     largest = float(top.abs().max()) or 1.0
     return [
         {"name": name, "value": f"{value:+.3f}", "width": 50 * abs(value) / largest, "positive": value > 0}
@@ -98,12 +109,16 @@ def write_patient_reports(
     sites: pd.Series,
     card: dict,
     alpha: float,
+    reasons: pd.Series | None = None,
 ) -> list[Path]:
     """Write ``sub-<label>_prediction.html`` for every row of ``predictions``; return the paths.
 
     ``contributions`` (participants x features, weight x standardised feature) is None for
-    models without linear weights; ``sites`` is indexed by participant.
+    models without linear weights; ``sites`` is indexed by participant; ``reasons`` (indexed by
+    participant, empty when none) say why a prediction does not apply regardless of its distance.
     """
+    reasons = pd.Series(dtype=str) if reasons is None else reasons.fillna("")
+    atlas = card.get("atlas") if card.get("features") == "roi" else None
     template = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string(
         _TEMPLATE.read_text()
     )
@@ -126,6 +141,7 @@ def write_patient_reports(
         participant = str(row["participant_id"])
         path = Path(group_dir) / f"{participant}_prediction.html"
         oof = row["evaluation"] == "cv"
+        top = _top(None if contributions is None else contributions.loc[participant])
         page = template.render(
             participant=participant,
             evaluation=row["evaluation"],
@@ -133,8 +149,10 @@ def write_patient_reports(
             y_pred="responder" if int(row["y_pred"]) == 1 else "non-responder",
             oof=oof,
             set_text=_set_sentence(row, alpha),
-            applicability=_applicability(row, sites.get(participant), card),
-            regions=_regions(None if contributions is None else contributions.loc[participant]),
+            applicability=_applicability(row, sites.get(participant), card, reasons.get(participant, "")),
+            regions=_regions(top),
+            brain_map=None if top is None or atlas is None else region_map_png(top, atlas),
+            map_caption=CAPTION,
             model=model,
             intended_use=INTENDED_USE,
             notice=RESEARCH_NOTICE,

@@ -27,7 +27,7 @@ VIEWS = ("sagittal", "coronal", "axial")  # projected along x, y and z of the RA
 CAPTION = "sagittal (anterior to the right), coronal (right hemisphere on the right), axial (anterior up)"
 _GAP = 8  # pixels between views
 _MARGIN = 3  # pixels around each view's brain
-_BACKGROUND, _BRAIN, _OUTLINE = 1.0, 0.92, 0.55  # grey levels
+_BACKGROUND, _BRAIN, _OUTLINE = 255, 235, 140  # grey levels
 
 
 @dataclass(frozen=True)
@@ -78,15 +78,14 @@ def projections(atlas_name: str) -> Projections:
 
 
 def _view(maps: Projections, view: int, values: pd.Series, limit: float) -> np.ndarray:
-    """RGB image of one view: regions coloured by value (red positive, blue negative)."""
-    silhouette = maps.silhouettes[view]
-    grey = np.where(silhouette, _BRAIN, _BACKGROUND)
+    """RGB image (uint8) of one view: regions coloured by value (red positive, blue negative)."""
+    grey = np.where(maps.silhouettes[view], _BRAIN, _BACKGROUND).astype(np.uint8)
     grey[maps.outlines[view]] = _OUTLINE
     image = np.repeat(grey[..., None], 3, axis=-1)
     colours = colormaps["RdBu_r"]
     for name, value in values.reindex(values.abs().sort_values().index).items():  # largest on top
         shade = 0.5 + np.sign(value) * (0.15 + 0.35 * abs(value) / limit)
-        image[maps.footprints[view][maps.rows[name]]] = colours(shade)[:3]
+        image[maps.footprints[view][maps.rows[name]]] = np.round(255 * np.array(colours(shade)[:3]))
     return image
 
 
@@ -103,9 +102,9 @@ def region_map_png(values: pd.Series, atlas_name: str) -> str | None:
     padded = []
     for view in views:
         top = (height - view.shape[0]) // 2
-        canvas = np.full((height, view.shape[1] + _GAP, 3), _BACKGROUND)
+        canvas = np.full((height, view.shape[1] + _GAP, 3), _BACKGROUND, dtype=np.uint8)
         canvas[top : top + view.shape[0], : view.shape[1]] = view
         padded.append(canvas)
     buffer = io.BytesIO()
-    imsave(buffer, np.concatenate(padded, axis=1)[:, :-_GAP], format="png")
+    imsave(buffer, np.concatenate(padded, axis=1)[:, :-_GAP], format="png", pil_kwargs={"compress_level": 1})
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -76,7 +76,7 @@ def _scores(model_file: Path, settings: GroupSettings) -> dict[str, float]:
     )
     y = inputs.table["y_true"].to_numpy(dtype=int)
     p = model.predict_proba(inputs.matrix().to_numpy(dtype=float))[:, 1]
-    scores = calibration_metrics(y, p)
+    scores = {k: np.nan if v is None else v for k, v in calibration_metrics(y, p).items()}
     scores.update({f"nb@{t}": net_benefit(y, p, t) for t in THRESHOLDS})
     scores.update({f"all@{t}": net_benefit(y, np.ones(y.size), t) for t in THRESHOLDS})
     return scores
@@ -108,7 +108,12 @@ def _run_seed(seed: int, n_local: int, n_test: int, root: Path) -> list[dict]:
             shutil.copy(out / "group" / name, models / name)
         row = {"seed": seed, "scenario": scenario}
         for stage in ("before", "after"):
-            row.update({f"oof {stage} {m}": summary[stage][m] for m in METRICS})
+            row.update(
+                {
+                    f"oof {stage} {m}": np.nan if summary[stage][m] is None else summary[stage][m]
+                    for m in METRICS
+                }
+            )
         held_out = replace(base, participant_labels=test)
         row.update({f"test before {k}": v for k, v in _scores(models / "model.skops", held_out).items()})
         row.update({f"test after {k}": v for k, v in _scores(models / CHILD_MODEL, held_out).items()})

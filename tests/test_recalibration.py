@@ -63,6 +63,7 @@ def test_recalibration_recovers_the_true_sigmoid_and_keeps_discrimination():
     result = recalibrate(decision, y, before, seed=0)
     assert result.slope == pytest.approx(1.5, abs=0.35) and result.intercept == pytest.approx(0.8, abs=0.3)
     summary = result.summary()
+    assert summary["discrimination_p_value"] < 1e-6
     assert summary["before"]["calibration_slope"] == pytest.approx(0.5, abs=0.12)
     assert abs(summary["after"]["calibration_slope"] - 1) < 0.2
     assert summary["before"]["calibration_intercept"] > 0.5 > abs(summary["after"]["calibration_intercept"])
@@ -90,6 +91,7 @@ def test_decision_against_the_outcomes_gives_a_flat_map():
     decision, y = _site(300, seed=3, truth=(0.0, -1.0))
     slope, intercept = fit_recalibration(decision, y)
     assert slope == 0 and expit(intercept) == pytest.approx(y.mean())
+    assert recalibrate(decision, y, expit(decision), seed=0).summary()["discrimination_p_value"] > 0.99
 
 
 @pytest.mark.parametrize("counts", [(MIN_PER_CLASS - 1, 40), (0, 40)])
@@ -145,6 +147,7 @@ def test_recalibration_improves_calibration_and_writes_a_child_model(shared, tmp
     assert curve.loc[0.5, "net_benefit_treat_all"] == pytest.approx(2 * prevalence - 1, abs=1e-6)
     report = (group / "report.html").read_text()
     assert "Local recalibration" in report and "decision curve" in report.lower()
+    assert summary["discrimination_p_value"] < 0.05 and "does not discriminate significantly" not in report
 
     child, card = load_model(group / "model_recalibrated.skops")
     assert (child.platt_a, child.platt_b) == (summary["slope"], summary["intercept"])

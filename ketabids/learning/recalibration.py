@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import optimize
+from scipy import optimize, stats
 from scipy.special import expit, logit
 from sklearn.calibration import calibration_curve
 from sklearn.linear_model import LogisticRegression
@@ -134,7 +134,8 @@ class Recalibration:
     intercept: float
 
     def summary(self) -> dict:
-        """Metrics and reliability bins before and after, and the fitted map."""
+        """Metrics and reliability bins before and after, the fitted map, and the one-sided
+        Mann-Whitney p-value of the local decisions (does the model discriminate here at all?)."""
         return {
             "method": METHOD,
             "n": int(self.y.size),
@@ -143,6 +144,11 @@ class Recalibration:
             "folds": FOLDS,
             "slope": self.slope,
             "intercept": self.intercept,
+            "discrimination_p_value": float(
+                stats.mannwhitneyu(
+                    self.decision[self.y == 1], self.decision[self.y == 0], alternative="greater"
+                ).pvalue
+            ),
             "before": {**calibration_metrics(self.y, self.before), **reliability(self.y, self.before)},
             "after": {**calibration_metrics(self.y, self.after), **reliability(self.y, self.after)},
         }

@@ -282,6 +282,13 @@ def build_parser() -> argparse.ArgumentParser:
         "scikit-learn/skops version difference",
     )
     grp.add_argument(
+        "--adapt-site",
+        action="store_true",
+        help="with --model: map each site the model never saw onto its training cohort (ComBat "
+        "location and scale, empirical Bayes, covariates kept; no outcomes used) before applying "
+        "it; needs at least 20 participants per such site",
+    )
+    grp.add_argument(
         "--allow-mixed-versions",
         action="store_true",
         help="use participant outputs written by different ketabids versions (refused otherwise)",
@@ -479,6 +486,8 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         from ketabids.errors import InputMissingError
 
         raise InputMissingError(f"model file not found: {args.model}")
+    if args.adapt_site and args.model is None:
+        raise UsageError("--adapt-site adapts a new site to a shared model: give the model with --model FILE")
     return GroupSettings(
         bids_dir=bids_dir,
         output_dir=output_dir,
@@ -498,6 +507,7 @@ def group_settings(args: argparse.Namespace, bids_dir: Path, output_dir: Path) -
         model_file=args.model.resolve() if args.model else None,
         force_model=args.force_model,
         conformal_alpha=args.conformal_alpha,
+        adapt_site=args.adapt_site,
         recalibrate=args.recalibrate,
         n_jobs=args.n_jobs,
         parallel_backend=args.parallel_backend,

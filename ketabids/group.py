@@ -435,6 +435,18 @@ def _not_applicable(inputs: GroupInputs, card: dict, adapted: Collection[str] = 
     return reasons
 
 
+def _adaptation_note(adaptation: dict[str, dict]) -> str:
+    """One line on what ``--adapt-site`` did."""
+    if not adaptation:
+        return "--adapt-site: every participant's site was seen in training, nothing was adapted"
+    sites = "; ".join(
+        f"{site} ({info['n']} participants; median location shift {info['median_location_shift_sd']:+.2f} "
+        f"SD, median scale ratio {info['median_scale_ratio']:.2f})"
+        for site, info in adaptation.items()
+    )
+    return f"--adapt-site: features mapped onto the training cohort (ComBat, no outcomes used) for {sites}"
+
+
 def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]:
     model, card = load_model(Path(settings.model_file))
     _check_atlas(settings, card.get("atlas"))
@@ -450,8 +462,15 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
         site_levels=card.get("training_sites") if "site" in covariates else None,
         apply=True,
     )
-    notes += compat.site_notes(card, inputs.table["site"], settings.model_file)
-    reasons = _not_applicable(inputs, card)
+    sites = inputs.table["site"]
+    usable = pd.Series(~sites.index.isin(list(inputs.qc_failed)), index=sites.index)  # may estimate a site
+    adapted_sites = (
+        harmonize.sites_to_adapt(model, sites, usable, card.get("training_sites"), settings.model_file)
+        if settings.adapt_site
+        else []
+    )
+    notes += compat.site_notes(card, sites, settings.model_file, adapted_sites)
+    reasons = _not_applicable(inputs, card, adapted_sites)
     if inputs.qc_failed:
         notes.append(
             f"{len(inputs.qc_failed)} participant(s) flagged by participant-level QC "
@@ -470,6 +489,13 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     if inputs.table.empty:
         raise InputMissingError("no participant with tables to apply the model to")
     matrix = inputs.matrix().to_numpy(dtype=float)
+    adapted_rows, adaptation = np.zeros(len(matrix), dtype=bool), {}
+    if settings.adapt_site:
+        matrix, adapted_rows, adaptation = harmonize.adapt_sites(model, matrix, sites, usable, adapted_sites)
+        features = inputs.features.copy()
+        features.loc[:, :] = matrix[:, : features.shape[1]]
+        inputs = replace(inputs, features=features)
+        notes.append(_adaptation_note(adaptation))
     decision = model.decision_function(matrix)
     probability = model.predict_proba(matrix)[:, 1]
     conformal_sets = model.prediction_sets(matrix, settings.conformal_alpha)
@@ -501,12 +527,16 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
             columns=settings.columns, seed=settings.random_seed,
         )  # fmt: skip
     atomic_copy(settings.model_file, group_dir / "model.skops")
+    card = {**card, "site_adaptation": adaptation} if settings.adapt_site else card
     _write_json({**card, "applied_to": str(settings.bids_dir)}, group_dir / "model.json")
+    predictions = _prediction_rows(
+        table, np.arange(len(table)), decision, probability, conformal_sets, applicability, reasons
+    )
+    if settings.adapt_site:
+        predictions["site_adapted"] = np.where(adapted_rows, "true", "false")
     return inputs, {
         "mode": "apply",
-        "predictions": _prediction_rows(
-            table, np.arange(len(table)), decision, probability, conformal_sets, applicability, reasons
-        ),
+        "predictions": predictions,
         "metrics": metrics_table,
         "weights": weights,
         "null": pd.DataFrame(),

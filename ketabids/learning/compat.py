@@ -103,10 +103,10 @@ def site_notes(card: dict, sites: pd.Series, source: object, adapted: Collection
     names = ", ".join(sorted(map(str, unseen.unique())))
     note = f"{len(unseen)} participant(s) from site(s) the model never saw ({names}); "
     blocked = unseen[~unseen.isin(list(adapted))]
-    if not uses_site:
+    if blocked.empty and adapted:
+        note += "their sites were adapted to the training cohort (--adapt-site)"
+    elif not uses_site:
         note += "the model has no site covariate, so the site plays no role in their predictions"
-    elif blocked.empty:
-        note += "their sites were adapted to the training sites"
     else:
         note += (
             f"site is one of the model's covariates, so the predictions of {len(blocked)} participant(s) "

@@ -60,7 +60,9 @@ def _applicability(row: pd.Series, site: object, card: dict, reason: str = "") -
         site_text = (
             f"The patient's site ({site}) was not seen in training (training sites: {', '.join(known)})."
         )
-        if "site" not in card.get("covariates", []):
+        if str(row.get("site_adapted", "")) == "true":
+            site_text += " Its features were adapted to the training cohort (--adapt-site) before scoring."
+        elif "site" not in card.get("covariates", []):
             site_text += " The model has no site covariate, so the site plays no role in the score."
     if reason:
         return {"applies": False, "text": f"The prediction does not apply: {reason}.", "site": site_text}

@@ -294,6 +294,47 @@ def judge(
     return SlurmFailure(task.subject, task.task_id, f"{state} (exit {code})", detail, task.log)
 
 
+def _queued_earlier(settings: ParticipantSettings, pending: dict[str, list[T1wInput]]) -> list[Task]:
+    """Tasks of earlier runs, for participants still incomplete, that are still pending or running."""
+    queued = [t for t in read_records(slurm_dir(settings) / "jobs.tsv") if t.subject in pending]
+    states = queue_states([t.task_id for t in queued])
+    earlier = [t for t in queued if states.get(t.task_id, "COMPLETED") not in _ENDED]
+    for task in earlier:
+        state = states[task.task_id]
+        LOGGER.info(
+            "sub-%s: task %s of an earlier run is %s: not resubmitted", task.subject, task.task_id, state
+        )
+    return earlier
+
+
+def collect(
+    tasks: Sequence[Task],
+    pending: dict[str, list[T1wInput]],
+    settings: ParticipantSettings,
+    options: SlurmOptions,
+) -> list[SlurmFailure]:
+    """Wait for the tasks; one failure per participant whose task or outputs are not right."""
+    LOGGER.info("waiting for %d task(s) (at most %.0f s; --slurm-timeout)", len(tasks), options.timeout)
+    active = wait(tasks, options)
+    ended = final_states([t.task_id for t in tasks if t.task_id not in active])
+    failures = []
+    for task in tasks:
+        if task.task_id in active:
+            detail = (
+                f"not ended within the {options.timeout:.0f} s --slurm-timeout; it stays queued: "
+                "rerun the same command to wait for it again, or scancel it"
+            )
+            failure = SlurmFailure(task.subject, task.task_id, active[task.task_id], detail, task.log)
+        else:
+            failure = judge(task, *ended[task.task_id], pending.get(task.subject, []), settings)
+        if failure is None:
+            LOGGER.info("sub-%s: finished (Slurm task %s)", task.subject, task.task_id)
+        else:
+            failures.append(failure)
+            LOGGER.error("%s", failure)
+    return failures
+
+
 def run_on_slurm(
     settings: ParticipantSettings,
     inputs: Sequence[T1wInput],
@@ -311,18 +352,13 @@ def run_on_slurm(
     refused = {(f.subject, f.session) for f in failures}
     runnable = [item for item in inputs if (item.subject, item.session) not in refused]
     pending = pending_by_subject(settings, runnable)
-    queued = [t for t in read_records(slurm_dir(settings) / "jobs.tsv") if t.subject in pending]
-    states = queue_states([t.task_id for t in queued])
-    earlier = [t for t in queued if states.get(t.task_id, "COMPLETED") not in _ENDED]
-    for task in earlier:
-        LOGGER.info("sub-%s: task %s of an earlier run is still %s: not resubmitted", task.subject,
-                    task.task_id, states[task.task_id])  # fmt: skip
-    to_submit = {s: items for s, items in pending.items() if s not in {t.subject for t in earlier}}
     complete = sorted({item.subject for item in runnable} - set(pending))
     if complete:
         LOGGER.info(
             "%d participant(s) already complete, not resubmitted: %s", len(complete), " ".join(complete)
         )
+    earlier = _queued_earlier(settings, pending)
+    to_submit = {s: items for s, items in pending.items() if s not in {t.subject for t in earlier}}
     tasks = submit(settings, to_submit, options.sbatch_args, verbose) if to_submit else []
     if tasks:
         job = tasks[0].task_id.split("_")[0]
@@ -332,27 +368,7 @@ def run_on_slurm(
         print(job, flush=True)
     if not options.wait:
         return failures
-    tasks = earlier + tasks
-    if not tasks:
+    if not earlier + tasks:
         LOGGER.info("nothing to run: every participant's outputs are complete")
         return failures
-    LOGGER.info("waiting for %d task(s) (at most %.0f s; --slurm-timeout)", len(tasks), options.timeout)
-    active = wait(tasks, options)
-    ended = final_states([t.task_id for t in tasks if t.task_id not in active])
-    for task in tasks:
-        if task.task_id in active:
-            detail = (
-                f"not ended within the {options.timeout:.0f} s --slurm-timeout; it stays queued: "
-                "rerun the same command to wait for it again, or scancel it"
-            )
-            failures.append(SlurmFailure(task.subject, task.task_id, active[task.task_id], detail, task.log))
-            LOGGER.error("%s", failures[-1])
-            continue
-        items = pending.get(task.subject, [])
-        failure = judge(task, *ended[task.task_id], items, settings)
-        if failure is None:
-            LOGGER.info("sub-%s: finished (Slurm task %s)", task.subject, task.task_id)
-        else:
-            failures.append(failure)
-            LOGGER.error("%s", failure)
-    return failures
+    return failures + collect(earlier + tasks, pending, settings, options)

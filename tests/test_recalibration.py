@@ -170,6 +170,8 @@ def test_recalibration_improves_calibration_and_writes_a_child_model(shared, tmp
         atol=1e-6,
     )
     assert applied["prediction_set"].notna().any()
+    page = (again / "group" / f"{few[0]}_prediction.html").read_text()
+    assert "recalibrated from" in page and sha256(shared["model"]) in page
     assert json.loads((again / "group" / "model.json").read_text())["parent_sha256"] == sha256(
         shared["model"]
     )

@@ -524,7 +524,8 @@ def _apply(settings: GroupSettings, group_dir: Path) -> tuple[GroupInputs, dict]
     if settings.recalibrate:
         recalibration = write_recalibration(
             model, Path(settings.model_file), card, table, decision, probability, group_dir,
-            columns=settings.columns, seed=settings.random_seed,
+            columns=settings.columns, seed=settings.random_seed, left_out=reasons.ne("").to_numpy(),
+            site_adapted=settings.adapt_site,
         )  # fmt: skip
     atomic_copy(settings.model_file, group_dir / "model.skops")
     card = {**card, "site_adaptation": adaptation} if settings.adapt_site else card

@@ -106,7 +106,8 @@ def shared(tmp_path_factory) -> dict:
     """A model trained at site A, and site B's participants with more responders than the model expects."""
     root = tmp_path_factory.mktemp("recalibration")
     design = simulate_cohort(n_discovery=60, n_external=(80,), n_saline=0, effect_size=2.0, seed=3)
-    write_tables(design, root / "train", root / "train-out", seed=3)
+    flagged = design.participants["participant_id"].iloc[-1]  # a site-B participant failing QC
+    write_tables(design, root / "train", root / "train-out", seed=3, qc_fail=(flagged,))
     assert main([str(root / "train"), str(root / "train-out"), "group", *FAST]) == 0
     table = design.participants.copy()
     local = table[table["cohort"] == "external1"].copy()
@@ -114,7 +115,8 @@ def shared(tmp_path_factory) -> dict:
     rng = np.random.default_rng(0)
     non = local.index[(local["madrs_24h"] > local["madrs_pre"] / 2).to_numpy()]
     local.loc[rng.choice(non, size=len(non) // 2, replace=False), "madrs_24h"] = 0
-    return {"root": root, "model": root / "train-out" / "group" / "model.skops", "local": local}
+    model = root / "train-out" / "group" / "model.skops"
+    return {"root": root, "model": model, "local": local, "flagged": flagged}
 
 
 def _site_dataset(shared: dict, folder: Path, table: pd.DataFrame) -> tuple[Path, Path]:
@@ -133,7 +135,7 @@ def test_recalibration_improves_calibration_and_writes_a_child_model(shared, tmp
     group = out / "group"
     summary = json.loads((group / "recalibration.json").read_text())
     before, after = summary["before"], summary["after"]
-    assert summary["n"] == 80 and summary["n_responders"] > 50
+    assert summary["n"] == 79 and summary["n_responders"] > 50
     assert after["brier"] < before["brier"]
     assert (
         before["calibration_intercept"] > 0.5
@@ -141,7 +143,8 @@ def test_recalibration_improves_calibration_and_writes_a_child_model(shared, tmp
     )
     assert after["auc"] == pytest.approx(before["auc"], abs=0.03)
     per_participant = pd.read_csv(group / "recalibration.tsv", sep="\t")
-    assert len(per_participant) == 80 and set(per_participant["fold"]) == set(range(5))
+    assert shared["flagged"] not in set(per_participant["participant_id"])
+    assert len(per_participant) == 79 and set(per_participant["fold"]) == set(range(5))
     curve = pd.read_csv(group / "decision_curve.tsv", sep="\t").set_index("threshold")
     prevalence = summary["n_responders"] / summary["n"]
     assert curve.loc[0.5, "net_benefit_treat_all"] == pytest.approx(2 * prevalence - 1, abs=1e-6)
@@ -152,7 +155,7 @@ def test_recalibration_improves_calibration_and_writes_a_child_model(shared, tmp
     child, card = load_model(group / "model_recalibrated.skops")
     assert (child.platt_a, child.platt_b) == (summary["slope"], summary["intercept"])
     assert card["parent_sha256"] == sha256(shared["model"]) and card["sha256"] == summary["sha256"]
-    assert card["recalibration"]["n_local"] == 80 and card["recalibration"]["date"]
+    assert card["recalibration"]["n_local"] == 79 and card["recalibration"]["date"]
     assert card["platt"] == {"a": summary["slope"], "b": summary["intercept"]}
     # the child applies like any model (here to 8 participants): same decisions, the local sigmoid
     again, few = tmp_path / "again", list(shared["local"]["participant_id"][:8])

@@ -201,16 +201,18 @@ def child_card(parent_card: dict, parent_sha256: str, recalibration: Recalibrati
     return card
 
 
-def local_outcomes(table: pd.DataFrame, columns: ColumnNames) -> np.ndarray:
+def local_outcomes(table: pd.DataFrame, columns: ColumnNames, left_out: np.ndarray) -> np.ndarray:
     """Row positions of the participants whose outcomes recalibrate the model: every participant
-    with an outcome except saline controls (their response is not to ketamine)."""
+    with an outcome except saline controls (their response is not to ketamine) and those whose
+    prediction does not apply (``left_out``: flagged by QC, unadapted unseen sites)."""
     rows = np.flatnonzero(
-        (table["evaluation"] != ROLE_CONTROL).to_numpy() & table["y_true"].notna().to_numpy()
+        (table["evaluation"] != ROLE_CONTROL).to_numpy() & table["y_true"].notna().to_numpy() & ~left_out
     )
     if rows.size == 0:
         raise InputMissingError(
-            f"--recalibrate needs local outcomes: no ketamine-treated participant has both "
-            f"'{columns.madrs_pre}' and '{columns.madrs_post}' in participants.tsv or phenotype/"
+            f"--recalibrate needs local outcomes: no ketamine-treated participant with an applicable "
+            f"prediction has both '{columns.madrs_pre}' and '{columns.madrs_post}' in participants.tsv "
+            "or phenotype/"
         )
     return rows
 
@@ -226,14 +228,20 @@ def write_recalibration(
     *,
     columns: ColumnNames,
     seed: int,
+    left_out: np.ndarray,
+    site_adapted: bool,
 ) -> dict:
     """Recalibrate on the local outcomes of ``table``; write the child model, ``recalibration.tsv``,
-    ``recalibration.json`` and ``decision_curve.tsv`` into ``group_dir``; return them for the report."""
-    rows = local_outcomes(table, columns)
+    ``recalibration.json`` and ``decision_curve.tsv`` into ``group_dir``; return them for the report.
+
+    ``decision``/``probability`` are the parent's on every row of ``table`` (after ``--adapt-site``
+    when ``site_adapted``); ``left_out`` marks rows whose prediction does not apply."""
+    rows = local_outcomes(table, columns, left_out)
     y = table["y_true"].to_numpy(dtype=float)[rows]
     result = recalibrate(decision[rows], y, probability[rows], seed)
     sites = sorted(table["site"].iloc[rows].dropna().astype(str).unique())
     card = child_card(parent_card, sha256(parent_file), result, sites)
+    card["recalibration"]["decisions_after_site_adaptation"] = site_adapted
     card = save_model(child_model(parent, result), group_dir / CHILD_MODEL, card)
     participants = pd.DataFrame(
         {

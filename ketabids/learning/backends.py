@@ -135,3 +135,27 @@ def parallel_workers(
         LOGGER.info("Dask scheduler %s: %d worker thread(s)", address, workers)
         with parallel_config(backend="dask", client=client, wait_for_workers_timeout=timeout):
             yield workers
+
+
+@contextmanager
+def shared(*objects: object) -> Iterator[None]:
+    """Send ``objects`` once to every Dask worker for the block's joblib calls (no-op with loky).
+
+    Otherwise joblib sends each large argument to one worker, and Dask, which prefers the
+    worker holding a task's data, can queue every chunk on that one worker while others idle.
+    """
+    from joblib import parallel_config
+    from joblib.parallel import get_active_backend
+
+    backend, _ = get_active_backend()
+    client = getattr(backend, "client", None)
+    if client is None:
+        yield
+        return
+    with parallel_config(
+        backend="dask",
+        client=client,
+        scatter=list(objects),
+        wait_for_workers_timeout=backend.wait_for_workers_timeout,
+    ):
+        yield

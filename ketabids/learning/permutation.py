@@ -21,6 +21,7 @@ import pandas as pd
 from joblib import Parallel, delayed
 from threadpoolctl import threadpool_limits
 
+from ketabids.learning.backends import shared
 from ketabids.learning.engine import (
     CVResult,
     Data,
@@ -71,9 +72,10 @@ def prepare_analysis(
     splits = plan_cv(rows, y[rows].astype(int), protocol, seed)
     final = make_split(rows, y[rows].astype(int), list(apply_sets.values()), protocol.inner_folds, seed)
     chunks = [splits[i::n_jobs] for i in range(n_jobs)] if n_jobs > 1 else [splits]
-    prepared = Parallel(n_jobs=len(chunks))(
-        delayed(_prepare_all)(data, chunk, protocol.classifier) for chunk in chunks
-    )
+    with shared(data):
+        prepared = Parallel(n_jobs=len(chunks))(
+            delayed(_prepare_all)(data, chunk, protocol.classifier) for chunk in chunks
+        )
     ordered: list[Prepared] = [None] * len(splits)  # type: ignore[list-item]
     for i, chunk in enumerate(prepared):
         ordered[i :: len(chunks)] = chunk
@@ -88,10 +90,20 @@ def prepare_analysis(
 
 
 def _cv_chunk(
-    data: Data, prepared: list[Prepared], y: np.ndarray, rows: np.ndarray, protocol: Protocol, weights: bool
+    analysis: Analysis, y: np.ndarray, protocol: Protocol, repeats: np.ndarray, weights: bool
 ) -> CVResult:
+    """The CV repeats ``repeats`` (consecutive) of the analysis."""
+    folds = protocol.outer_folds
+    prepared = analysis.cv[repeats[0] * folds : (repeats[-1] + 1) * folds]
     with threadpool_limits(1):
-        return run_cv(data, prepared, y, rows, protocol, want_weights=weights)
+        return run_cv(
+            analysis.data,
+            prepared,
+            y,
+            analysis.rows,
+            replace(protocol, cv_repeats=len(repeats)),
+            want_weights=weights,
+        )
 
 
 def cross_validate(
@@ -99,18 +111,10 @@ def cross_validate(
 ) -> CVResult:
     """The repeated nested CV with labels ``y``, its repeats run in up to ``n_jobs`` parallel chunks."""
     chunks = np.array_split(np.arange(protocol.cv_repeats), min(n_jobs, protocol.cv_repeats))
-    folds = protocol.outer_folds
-    parts = Parallel(n_jobs=len(chunks))(
-        delayed(_cv_chunk)(
-            analysis.data,
-            analysis.cv[chunk[0] * folds : (chunk[-1] + 1) * folds],
-            y,
-            analysis.rows,
-            replace(protocol, cv_repeats=len(chunk)),
-            want_weights,
+    with shared(analysis):
+        parts = Parallel(n_jobs=len(chunks))(
+            delayed(_cv_chunk)(analysis, y, protocol, chunk, want_weights) for chunk in chunks
         )
-        for chunk in chunks
-    )
     return CVResult(
         decision=np.concatenate([part.decision for part in parts]),
         probability=np.concatenate([part.probability for part in parts]),
@@ -174,8 +178,9 @@ def null_distribution(
         return pd.DataFrame()
     n_chunks = max(1, min(n_jobs, n_permutations))
     chunks = [list(range(i, n_permutations, n_chunks)) for i in range(n_chunks)]
-    results = Parallel(n_jobs=n_chunks)(
-        delayed(_run_chunk)(analysis, y, protocol, seed, chunk) for chunk in chunks
-    )
+    with shared(analysis):
+        results = Parallel(n_jobs=n_chunks)(
+            delayed(_run_chunk)(analysis, y, protocol, seed, chunk) for chunk in chunks
+        )
     rows = [row for chunk in results for row in chunk]
     return pd.DataFrame(rows).sort_values("permutation").reset_index(drop=True)

@@ -5,13 +5,16 @@ The conformal maths is crepes' ``ConformalClassifier`` (Boström 2022), Mondrian
 the p-value of a candidate label is computed only against the scores of that label. The
 non-conformity score is crepes' hinge, 1 - the calibrated probability of the label.
 
-Calibration uses the final model's inner cross-validation out-of-fold probabilities on the
-training cohort (same C, same Platt sigmoid), so every score comes from a model that did not see
-the participant and is on the scale of the final model's probabilities for new participants (the
-outer CV's repeat-averaged probabilities are not: they spread about twice as wide). Only these
-numbers are stored in the model file (numpy arrays, no crepes object); crepes is refitted on
-them when a model is applied. P-values are not smoothed, so sets are deterministic and coverage is at least
-1 - alpha per class (conservative by at most 1 / (n_class + 1)).
+Calibration uses the outer cross-validation's out-of-fold probabilities on the training cohort,
+every repeat pooled: each comes from a model built like the final one (C tuned in its own inner
+CV, its own Platt sigmoid) that never saw the participant, so its score is distributed like the
+final model's score of a new patient, up to the final model seeing the whole cohort rather than
+1 - 1/outer_folds of it. (The final model's own inner-CV probabilities are further off: C is
+chosen on them, which makes them optimistic, and their models see less of the cohort; the sets
+were too small.) Only these numbers are stored in the model file (numpy arrays, no crepes
+object); crepes is refitted on them when a model is applied. P-values are not smoothed, so sets
+are deterministic. Coverage holds on average over training cohorts; for one cohort it varies
+with the calibration set's size (sd about sqrt(alpha (1 - alpha) / n_class) per class).
 """
 
 from __future__ import annotations

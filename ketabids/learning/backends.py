@@ -13,9 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ketabids.errors import KetabidsError, UsageError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 LOGGER = logging.getLogger("ketabids.group")
 BACKENDS = ("loky", "dask")
@@ -54,7 +58,7 @@ def _versions() -> dict[str, str]:
     return {"ketabids": __version__, "numpy": numpy.__version__, "scikit-learn": sklearn.__version__}
 
 
-def _check_workers(client, address: str) -> None:
+def _check_workers(client: Client, address: str) -> None:
     """Refuse workers that cannot import ketabids or run other versions of what decides the numbers."""
     try:
         remote = client.run(_versions)
@@ -69,7 +73,8 @@ def _check_workers(client, address: str) -> None:
             )
 
 
-def _connect(stack: ExitStack, n_jobs: int, scheduler: str | None, timeout: float):
+def _connect(stack: ExitStack, n_jobs: int, scheduler: str | None, timeout: float) -> tuple[Client, str]:
+    """A client of the scheduler at ``scheduler`` or of a new local cluster, with workers checked."""
     from distributed import Client, LocalCluster
 
     # Dask's configuration, read at import, sets its loggers to INFO: keep other libraries' level

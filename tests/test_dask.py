@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ import pytest
 from distributed import Client
 
 from ketabids.cli import main
-from ketabids.learning.backends import parallel_workers
+from ketabids.learning.backends import EngineError, parallel_workers
 from ketabids.learning.cohorts import ROLE_EXTERNAL, ROLE_TRAIN
 from ketabids.learning.engine import Data, Protocol
 from ketabids.learning.inputs import load_inputs
@@ -40,10 +41,10 @@ def _fail(reason: str, logs: list[Path]) -> None:
     pytest.fail(f"the Dask cluster did not start: {reason}\n{tails}", pytrace=False)
 
 
-@pytest.fixture(scope="module")
-def scheduler(tmp_path_factory) -> Iterator[str]:
-    """Address of a scheduler with 2 single-threaded worker processes (one nanny each)."""
-    folder = tmp_path_factory.mktemp("dask")
+@contextmanager
+def _cluster(folder: Path, n_workers: int) -> Iterator[str]:
+    """Address of a ``dask scheduler`` on localhost with ``n_workers`` single-threaded worker
+    processes (``dask worker``, one nanny each), stopped at the end."""
     scheduler_file = folder / "scheduler.json"
     processes: list[subprocess.Popen] = []
     logs: list[Path] = []
@@ -62,14 +63,15 @@ def scheduler(tmp_path_factory) -> Iterator[str]:
             if processes[0].poll() is not None or time.monotonic() > deadline:
                 _fail("no scheduler file", logs)
             time.sleep(0.2)
-        start("worker", "--scheduler-file", str(scheduler_file), "--nworkers", "2", "--nthreads", "1",
-              "--no-dashboard", "--local-directory", str(folder))  # fmt: skip
         address = json.loads(scheduler_file.read_text())["address"]
-        try:
-            with Client(address, timeout=START_TIMEOUT) as client:
-                client.wait_for_workers(2, timeout=START_TIMEOUT)
-        except (OSError, TimeoutError) as err:
-            _fail(str(err), logs)
+        if n_workers:
+            start("worker", "--scheduler-file", str(scheduler_file), "--nworkers", str(n_workers),
+                  "--nthreads", "1", "--no-dashboard", "--local-directory", str(folder))  # fmt: skip
+            try:
+                with Client(address, timeout=START_TIMEOUT) as client:
+                    client.wait_for_workers(n_workers, timeout=START_TIMEOUT)
+            except (OSError, TimeoutError) as err:
+                _fail(str(err), logs)
         yield address
     finally:
         for process in reversed(processes):
@@ -78,6 +80,13 @@ def scheduler(tmp_path_factory) -> Iterator[str]:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@pytest.fixture(scope="module")
+def scheduler(tmp_path_factory) -> Iterator[str]:
+    """Address of a scheduler with 2 single-threaded worker processes."""
+    with _cluster(tmp_path_factory.mktemp("dask"), 2) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +182,12 @@ def test_unreachable_scheduler_fails_quickly_naming_it(tables, caplog):
 def test_bad_dask_options_exit_64(tables, options, tmp_path):
     code = main([str(tables / "bids"), str(tmp_path / "out"), "group", *options])
     assert code == 64
+
+
+def test_scheduler_without_workers_fails_after_the_timeout(tmp_path):
+    with _cluster(tmp_path, 0) as address:
+        start = time.monotonic()
+        message = r"has no worker after 2 s \(--dask-timeout\)"
+        with pytest.raises(EngineError, match=message), parallel_workers("dask", 1, address, timeout=2):
+            pass
+        assert time.monotonic() - start < 30

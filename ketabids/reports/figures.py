@@ -47,13 +47,21 @@ class Contour:
 
 
 @contextmanager
-def _closed_on_error(fig: Figure) -> Iterator[Figure]:
+def closed_on_error(fig: Figure) -> Iterator[Figure]:
     """Close ``fig`` if drawing it fails (pyplot keeps every open figure alive otherwise)."""
     try:
         yield fig
     except BaseException:
         plt.close(fig)
         raise
+
+
+def reliability_axes(ax) -> None:
+    """Axes of a reliability diagram: predicted probability against observed response rate."""
+    ax.set(
+        xlabel="predicted probability of response", ylabel="observed response rate", xlim=(0, 1), ylim=(0, 1)
+    )
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
 
 
 def load_image(img: ImageLike) -> nib.spatialimages.SpatialImage:
@@ -152,7 +160,7 @@ def contour_mosaic(
     rows = [axis for axis in ORIENTATIONS if axis in coords]
     legend_height = 0.35 if contours else 0.0
     fig = plt.figure(figsize=(width, row_height * len(rows) + legend_height), facecolor="black")
-    with _closed_on_error(fig):
+    with closed_on_error(fig):
         bg = as_ras(background)
         vmax = robust_max(bg)
         overlays = [(as_ras(contour.image), contour) for contour in contours]
@@ -229,7 +237,7 @@ def stat_mosaic(
     colorbar_height = 1.0  # inches below the slices for the colour bar, its ticks and label
     total = row_height * len(rows) + colorbar_height
     fig = plt.figure(figsize=(width, total), facecolor="black")
-    with _closed_on_error(fig):
+    with closed_on_error(fig):
         for row, axis in enumerate(rows):
             bottom = (colorbar_height + row_height * (len(rows) - row - 1)) / total
             ax = fig.add_axes((0, bottom, 1, row_height / total))
@@ -265,7 +273,7 @@ def roc_figure(curves: Mapping[str, tuple[Sequence[int], Sequence[float]]], *, s
     from sklearn.metrics import roc_auc_score, roc_curve
 
     fig, ax = plt.subplots(figsize=(size, size))
-    with _closed_on_error(fig):
+    with closed_on_error(fig):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="chance")
         for name, (y_true, probability) in curves.items():
             y, p = np.asarray(y_true), np.asarray(probability, dtype=float)
@@ -284,7 +292,7 @@ def null_distribution_figure(
 ) -> str:
     """Histogram of a permutation null distribution with the observed value as a vertical line."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
-    with _closed_on_error(fig):
+    with closed_on_error(fig):
         ax.hist(np.asarray(null, dtype=float), bins=30, color="#90a4ae", edgecolor="white")
         title = f"observed {observed:.3f}" + (f", p = {p_value:.3g}" if p_value is not None else "")
         ax.axvline(observed, color="#d32f2f", linewidth=2, label=title)
@@ -298,7 +306,7 @@ def weight_bars(weights: Mapping[str, float], *, top: int = 20, xlabel: str = "w
     """Horizontal bars of the ``top`` largest absolute weights (red positive, blue negative)."""
     ranked = sorted(weights.items(), key=lambda item: abs(item[1]), reverse=True)[:top][::-1]
     fig, ax = plt.subplots(figsize=(7, 0.28 * len(ranked) + 1.0))
-    with _closed_on_error(fig):
+    with closed_on_error(fig):
         names, values = [name for name, _ in ranked], [float(value) for _, value in ranked]
         ax.barh(names, values, color=["#d32f2f" if v > 0 else "#1976d2" for v in values])
         ax.axvline(0, color="0.3", linewidth=0.8)

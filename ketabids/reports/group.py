@@ -17,8 +17,10 @@ from markupsafe import Markup, escape
 from ketabids.derivatives import write_text_atomic
 from ketabids.learning.inputs import GroupInputs
 from ketabids.reports.figures import (
+    closed_on_error,
     figure_to_data_uri,
     null_distribution_figure,
+    reliability_axes,
     roc_figure,
     stat_mosaic,
     weight_bars,
@@ -111,7 +113,7 @@ def _curves(predictions: pd.DataFrame, metrics: pd.DataFrame) -> dict[str, pd.Da
 
 def _confusion_figure(sets: dict[str, pd.DataFrame]) -> str:
     fig, axes = plt.subplots(1, len(sets), figsize=(2.6 * len(sets), 2.8), squeeze=False)
-    try:
+    with closed_on_error(fig):
         for ax, (name, part) in zip(axes[0], sets.items(), strict=True):
             y, pred = part["y_true"].astype(int).to_numpy(), part["y_pred"].astype(int).to_numpy()
             counts = np.array([[np.sum((y == t) & (pred == p)) for p in (0, 1)] for t in (0, 1)])
@@ -130,15 +132,12 @@ def _confusion_figure(sets: dict[str, pd.DataFrame]) -> str:
             ax.tick_params(labelsize=7)
             ax.set_title(_label(name), fontsize=8)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig)
 
 
 def _calibration_figure(sets: dict[str, pd.DataFrame], n_bins: int = 5) -> str:
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    try:
+    with closed_on_error(fig):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
         for name, part in sets.items():
             if ":" in name or len(part) < 2 * n_bins:
@@ -150,17 +149,8 @@ def _calibration_figure(sets: dict[str, pd.DataFrame], n_bins: int = 5) -> str:
             mean_p = [p[bins == b].mean() for b in range(len(edges) - 1) if np.any(bins == b)]
             mean_y = [y[bins == b].mean() for b in range(len(edges) - 1) if np.any(bins == b)]
             ax.plot(mean_p, mean_y, marker="o", linewidth=1.5, label=f"{_label(name)} (n={len(part)})")
-        ax.set(
-            xlabel="predicted probability of response",
-            ylabel="observed response rate",
-            xlim=(0, 1),
-            ylim=(0, 1),
-        )
-        ax.legend(fontsize=7, frameon=False, loc="upper left")
+        reliability_axes(ax)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig)
 
 
@@ -199,7 +189,7 @@ def _specificity_figure(metrics: pd.DataFrame) -> str | None:
         return None
     test = table.loc["specificity"]
     fig, axes = plt.subplots(1, 2, figsize=(7, 3.2))
-    try:
+    with closed_on_error(fig):
         for ax, (stat, label, p_column) in zip(
             axes,
             (("balanced_accuracy", "balanced accuracy", "p_value"), ("auc", "AUC", "auc_p_value")),
@@ -219,9 +209,6 @@ def _specificity_figure(metrics: pd.DataFrame) -> str | None:
                 fontsize=8,
             )
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig)
 
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from ketabids.reports.figures import figure_to_data_uri
+from ketabids.reports.figures import closed_on_error, figure_to_data_uri, reliability_axes
 
 TABLE_THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)  # net benefit rows shown in the report
 _STYLE = {"before": ("#90a4ae", "shared model"), "after": ("#d32f2f", "recalibrated (out-of-fold)")}
@@ -18,7 +18,7 @@ _STYLE = {"before": ("#90a4ae", "shared model"), "after": ("#d32f2f", "recalibra
 def reliability_figure(summary: dict) -> str:
     """Observed response rate against mean predicted probability per quantile bin, before and after."""
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
-    try:
+    with closed_on_error(fig):
         ax.plot([0, 1], [0, 1], color="0.6", linestyle="--", linewidth=1, label="perfect calibration")
         for name, (color, label) in _STYLE.items():
             part = summary[name]
@@ -29,24 +29,15 @@ def reliability_figure(summary: dict) -> str:
                 color=color,
                 label=f"{label}, Brier {part['brier']:.3f}",
             )
-        ax.set(
-            xlabel="predicted probability of response",
-            ylabel="observed response rate",
-            xlim=(0, 1),
-            ylim=(0, 1),
-        )
-        ax.legend(fontsize=7, frameon=False, loc="upper left")
+        reliability_axes(ax)
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig)
 
 
 def decision_curve_figure(curve: pd.DataFrame) -> str:
     """Net benefit against threshold probability: model before and after, treat all, treat none."""
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    try:
+    with closed_on_error(fig):
         t = curve["threshold"].to_numpy()
         for name, (color, label) in _STYLE.items():
             ax.plot(t, curve[f"net_benefit_{name}"], color=color, linewidth=1.8, label=label)
@@ -63,9 +54,6 @@ def decision_curve_figure(curve: pd.DataFrame) -> str:
         )
         ax.legend(fontsize=7, frameon=False, loc="upper right")
         fig.tight_layout()
-    except BaseException:
-        plt.close(fig)
-        raise
     return figure_to_data_uri(fig)
 
 

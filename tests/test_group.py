@@ -22,7 +22,7 @@ from sklearn.preprocessing import FunctionTransformer
 from ketabids.errors import BadDataError, InputMissingError, UsageError
 from ketabids.group import WEIGHT_MAP, run_group_level
 from ketabids.learning.modelfile import load_model, sha256
-from ketabids.reports.screenshot import find_chromium, screenshot
+from ketabids.reports.screenshot import has_chromium, screenshot
 from ketabids.settings import GroupSettings
 from ketabids.simulate.cohort import region_lobes, simulate_cohort
 from ketabids.simulate.tables import write_tables
@@ -503,15 +503,7 @@ def test_per_patient_reports_state_prediction_set_applicability_and_card(trained
         assert "The prediction does not apply" in (group / f"{beyond[0]}_prediction.html").read_text()
 
 
-def _has_chromium() -> bool:
-    try:
-        find_chromium()
-    except RuntimeError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_chromium(), reason="headless Chromium is not installed")
+@pytest.mark.skipif(not has_chromium(), reason="headless Chromium is not installed")
 def test_per_patient_report_renders_in_headless_chromium(trained, tmp_path):
     page = next((trained.output_dir / "group").glob("sub-*_prediction.html"))
     pixels = plt.imread(screenshot(page, tmp_path / "shot.png", width=900, height=1400))

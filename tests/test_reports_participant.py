@@ -27,7 +27,7 @@ from ketabids.reports.participant import (
     write_participant_report,
     write_subject_report,
 )
-from ketabids.reports.screenshot import find_chromium, screenshot
+from ketabids.reports.screenshot import has_chromium, screenshot
 
 VOID = {"meta", "img", "br", "hr", "link", "input", "source", "col", "area", "base", "wbr"}
 PLAUSIBLE_QC = {
@@ -355,15 +355,7 @@ def test_methods_text_numbers_its_references() -> None:
     assert any("Desikan" in ref.text for ref in methods.references)
 
 
-def _has_chromium() -> bool:
-    try:
-        find_chromium()
-    except RuntimeError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_chromium(), reason="headless Chromium is not installed")
+@pytest.mark.skipif(not has_chromium(), reason="headless Chromium is not installed")
 def test_report_renders_in_headless_chromium(report: Path, tmp_path: Path) -> None:
     png = screenshot(report, tmp_path / "shot.png", width=1000, height=1600)
     pixels = matplotlib.image.imread(png)

@@ -37,6 +37,15 @@ def find_chromium() -> str:
     )
 
 
+def has_chromium() -> bool:
+    """Whether :func:`find_chromium` finds an executable."""
+    try:
+        find_chromium()
+    except ChromiumNotFoundError:
+        return False
+    return True
+
+
 def screenshot(html: Path, png: Path, width: int = 1200, height: int = 8000, timeout: float = 120) -> Path:
     """Render ``html`` in headless Chromium at ``width`` x ``height`` pixels into ``png``; return ``png``."""
     html, png = Path(html).resolve(), Path(png).resolve()

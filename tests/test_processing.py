@@ -130,7 +130,9 @@ def test_bounding_box_and_crop_keep_world_positions():
     assert cropped.get_fdata()[0, 0, 0] == data[1, 2, 4]
 
 
-def test_segment_tissues_on_an_oblique_grid_recovers_three_classes(tmp_path):
+def test_segment_tissues_on_an_oblique_grid_recovers_three_classes(tmp_path, monkeypatch):
+    import tempfile
+
     from scipy import ndimage
     from scipy.spatial.transform import Rotation
 
@@ -152,9 +154,16 @@ def test_segment_tissues_on_an_oblique_grid_recovers_three_classes(tmp_path):
         path = tmp_path / f"prior{label}.nii.gz"
         nib.Nifti1Image(ndimage.gaussian_filter((truth == label) * 1.0, 1.0), affine).to_filename(path)
         priors.append(path)
+    host_tmp = tmp_path / "host_tmp"  # antspyx's atropos leaves its images in tempfile's folder
+    host_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(host_tmp))
+    out = tmp_path / "out"
+    out.mkdir()
     result = segmentation.segment_tissues(
-        files["t1w"], files["mask"], tuple(priors), files["mask"], None, tmp_path
+        files["t1w"], files["mask"], tuple(priors), files["mask"], None, out
     )
+    assert not list(host_tmp.iterdir()), "nothing left in the host's temporary folder"
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("scratch_")) == []
     dseg = np.asarray(nib.load(result.dseg).dataobj)
     assert (dseg == truth).mean() > 0.97
     gm = nib.load(result.probabilities[0]).get_fdata()

@@ -18,6 +18,9 @@
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +49,22 @@ class Segmentation:
     dseg: Path
 
 
+@contextmanager
+def scratch_tempdir(folder: str | os.PathLike) -> Iterator[Path]:
+    """Point Python's temporary folder at a fresh folder below ``folder``, deleted on exit.
+
+    antspyx's ``atropos`` writes its prior and posterior images to ``tempfile.mktemp`` names and
+    never deletes them; this keeps them out of the host's /tmp.
+    """
+    previous = tempfile.tempdir
+    with tempfile.TemporaryDirectory(prefix="scratch_", dir=folder) as scratch:
+        tempfile.tempdir = scratch
+        try:
+            yield Path(scratch)
+        finally:
+            tempfile.tempdir = previous
+
+
 def atropos_labels(
     t1w_file: str | os.PathLike,
     mask: np.ndarray,
@@ -71,10 +90,11 @@ def atropos_labels(
         initial = [t1w.new_image_like((stacked[..., k] * mask).astype(np.float32)) for k in range(3)]
         order = [0, 1, 2]
     os.environ["ANTS_RANDOM_SEED"] = str(ants_seed(seed))
-    result = ants.atropos(
-        a=t1w, x=ants_mask, i=initial, m=MRF, c=ITERATIONS, priorweight=PRIOR_WEIGHT, r=0, verbose=0
-    )
-    posteriors = np.stack([result["probabilityimages"][k].numpy() for k in order], axis=-1)
+    with scratch_tempdir(Path(t1w_file).parent):
+        result = ants.atropos(
+            a=t1w, x=ants_mask, i=initial, m=MRF, c=ITERATIONS, priorweight=PRIOR_WEIGHT, r=0, verbose=0
+        )
+        posteriors = np.stack([result["probabilityimages"][k].numpy() for k in order], axis=-1)
     return np.where(mask, posteriors.argmax(axis=-1) + 1, 0).astype(np.uint8)
 
 

@@ -87,21 +87,16 @@ def test_hard_segmentation_takes_most_probable_tissue_inside_mask():
     assert partial_volume.hard_segmentation(probs, mask > 0).tolist() == [[1, 3, 2, 0]]
 
 
-def test_registration_args_seed_composite_and_syn_levels(tmp_path):
-    args = registration.registration_args(
-        tmp_path / "f.nii.gz",
-        tmp_path / "m.nii.gz",
-        tmp_path / "fm.nii.gz",
-        "p_",
-        seed=7,
-        spacing=2.0,
-        syn_iterations="50x20",
-    )
-    assert args[args.index("--random-seed") + 1] == "8"  # ANTs reads 0 as "use the clock"
-    assert args[args.index("--write-composite-transform") + 1] == "1"
-    transforms = [args[i + 1] for i, a in enumerate(args) if a == "-t"]
+def test_registration_args_seed_composite_and_levels(tmp_path):
+    fixed, moving, mask = (tmp_path / f"{n}.nii.gz" for n in ("f", "m", "fm"))
+    linear = registration.linear_args(fixed, moving, mask, "p_affine_", seed=7, spacing=2.0)
+    assert linear[linear.index("--random-seed") + 1] == "8"  # ANTs reads 0 as "use the clock"
+    syn = registration.syn_args(fixed, moving, mask, tmp_path / "a.mat", "p_", syn_iterations="50x20")
+    assert syn[syn.index("-r") + 1] == str(tmp_path / "a.mat")
+    assert syn[syn.index("--write-composite-transform") + 1] == "1"
+    transforms = [args[i + 1] for args in (linear, syn) for i, a in enumerate(args) if a == "-t"]
     assert transforms == ["Rigid[0.1]", "Affine[0.1]", "SyN[0.2,3,0]"]
-    shrinks = [args[i + 1] for i, a in enumerate(args) if a == "-f"]
+    shrinks = [args[i + 1] for args in (linear, syn) for i, a in enumerate(args) if a == "-f"]
     assert shrinks == ["6x3x2", "6x3x2", "2x1"]  # linear stages at ~12, 6, 3 mm on a 2 mm grid
     assert registration.shrink_factors((12.0, 6.0, 3.0), 4.0) == "3x2x1"
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from h5py import h5o
 
-from ketabids.processing.registration import registration_args
+from ketabids.processing.registration import linear_args, syn_args
 from ketabids.processing.transforms import drop_time_stamps
 
 # Two seeded registrations, a second apart (HDF5 time stamps count seconds), in one fresh process
@@ -23,9 +23,10 @@ from ketabids.processing.transforms import drop_time_stamps
 REGISTER_TWICE = """
 import json, sys, time
 from ants.internal import get_lib_fn
-for i, args in enumerate(json.loads(sys.argv[1])):
+for i, calls in enumerate(json.loads(sys.argv[1])):
     time.sleep(1.1 * i)
-    assert get_lib_fn("antsRegistration")(args) == 0
+    for args in calls:  # affine, then SyN from it
+        assert get_lib_fn("antsRegistration")(args) == 0
 """
 
 
@@ -52,8 +53,11 @@ def registrations(tmp_path_factory) -> tuple[Path, Path, Path, Path]:
     for run in runs:
         run.mkdir()
         prefix = str(run / "reg_")
-        call = registration_args(fixed, moving, mask, prefix, seed=0, spacing=4.0, syn_iterations="20x10")
-        args.append([str(a) for a in call])
+        linear = linear_args(fixed, moving, mask, prefix + "affine_", seed=0, spacing=4.0)
+        syn = syn_args(
+            fixed, moving, mask, Path(prefix + "affine_0GenericAffine.mat"), prefix, syn_iterations="20x10"
+        )
+        args.append([[str(a) for a in linear], [str(a) for a in syn]])
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1"}
     subprocess.run([sys.executable, "-c", REGISTER_TWICE, json.dumps(args)], check=True, env=env)
     return fixed, moving, runs[0], runs[1]

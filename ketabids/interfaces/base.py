@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-THREAD_VARIABLES = ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+from ketabids.processing.one_thread import THREAD_VARIABLES
 
 
 def limit_threads(num_threads: int) -> None:

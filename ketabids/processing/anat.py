@@ -62,8 +62,20 @@ def n4_correct(
 
     The field is fitted by N4 on a copy resampled to ``fit_spacing_mm`` (within ``mask_file`` or
     a rough head mask), then resampled to the image grid and divided out: a smooth field needs
-    no more resolution, and this keeps N4 to seconds on any input.
+    no more resolution, and this keeps N4 to seconds on any input. It runs with one ITK thread
+    (:mod:`ketabids.processing.one_thread`), so the result does not depend on the thread count.
     """
+    from ketabids.processing.one_thread import call_in_one_thread
+
+    return call_in_one_thread(_n4_correct, in_file, out_file, mask_file, fit_spacing_mm)
+
+
+def _n4_correct(
+    in_file: str | os.PathLike,
+    out_file: str | os.PathLike,
+    mask_file: str | os.PathLike | None,
+    fit_spacing_mm: float,
+) -> Path:
     import ants
 
     img = ants.image_read(str(in_file))

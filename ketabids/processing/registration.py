@@ -2,7 +2,9 @@
 
 The transforms are written by ``antsRegistration`` itself as composite ANTs/ITK HDF5 files
 (forward: T1w -> template, inverse: template -> T1w), then rewritten without HDF5 time stamps so
-that reruns give the same bytes. The deformable stage uses a cross-correlation metric on the
+that reruns give the same bytes. The rigid and affine stages run with one ITK thread in their own
+process (their sums depend on the thread count); SyN runs with ``--omp-nthreads`` and gives the
+same field at any thread count. The deformable stage uses a cross-correlation metric on the
 template brain resampled to ``template_spacing`` mm and cropped to the brain, so that the
 deformation follows local volume change at a cost of about a minute.
 """
@@ -104,7 +106,58 @@ def shrink_factors(levels_mm: tuple[float, ...], spacing: float) -> str:
     return "x".join(str(max(1, round(mm / spacing))) for mm in levels_mm)
 
 
-def registration_args(
+def linear_args(
+    fixed: Path, moving: Path, fixed_mask: Path, out_prefix: str, *, seed: int, spacing: float
+) -> list[str]:
+    """``antsRegistration`` arguments: centre of mass -> rigid -> affine (MI), writing
+    ``<out_prefix>0GenericAffine.mat``. The stages run at about 12, 6 and 3 mm whatever ``spacing``."""
+    mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
+    shrink = shrink_factors(LINEAR_LEVELS_MM, spacing)
+    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(ants_seed(seed))]
+    args += _stage(mi, "Rigid[0.1]", "500x250x100", shrink, "4x2x1mm")
+    args += _stage(mi, "Affine[0.1]", "500x250x100", shrink, "4x2x1mm")
+    return [*args, "-x", f"[{fixed_mask},NULL]", "-o", f"[{out_prefix}]", "-z", "1", "-v", "0"]
+
+
+def syn_args(
+    fixed: Path,
+    moving: Path,
+    fixed_mask: Path,
+    initial: Path,
+    out_prefix: str,
+    *,
+    syn_iterations: str = SYN_ITERATIONS,
+) -> list[str]:
+    """``antsRegistration`` arguments: SyN (CC, radius 2) from the ``initial`` affine, writing the
+    composite forward and inverse transforms (affine + field). The levels halve the resolution
+    from the template grid upwards."""
+    levels = len(syn_iterations.split("x"))
+    shrink = "x".join(str(2**i) for i in reversed(range(levels)))
+    smooth = "x".join(str(i) for i in reversed(range(levels))) + "vox"
+    args = ["-d", "3", "-r", str(initial), "--float", "1"]
+    args += _stage(f"CC[{fixed},{moving},1,2]", "SyN[0.2,3,0]", syn_iterations, shrink, smooth)
+    args += ["-x", f"[{fixed_mask},NULL]", "-o", f"[{out_prefix}]", "--write-composite-transform", "1"]
+    return [*args, "-z", "1", "-v", "0"]
+
+
+def run_ants_registration(args: list[str], what: str = "antsRegistration") -> None:
+    """Run ``antsRegistration`` in this process; raise ``RuntimeError`` on a non-zero status."""
+    from ants.internal import get_lib_fn
+
+    status = get_lib_fn("antsRegistration")([str(a) for a in args])
+    if status != 0:
+        raise RuntimeError(f"{what} failed with status {status}")
+
+
+def fit_affine(
+    fixed: Path, moving: Path, fixed_mask: Path, out_prefix: str, *, seed: int, spacing: float
+) -> Path:
+    """Rigid + affine stages (:func:`linear_args`); the path of the affine transform."""
+    run_ants_registration(linear_args(fixed, moving, fixed_mask, out_prefix, seed=seed, spacing=spacing))
+    return Path(out_prefix + "0GenericAffine.mat")
+
+
+def register(
     fixed: Path,
     moving: Path,
     fixed_mask: Path,
@@ -113,24 +166,21 @@ def registration_args(
     seed: int,
     spacing: float,
     syn_iterations: str = SYN_ITERATIONS,
-) -> list[str]:
-    """``antsRegistration`` arguments: centre of mass -> rigid -> affine (MI) -> SyN (CC, radius 2).
+) -> tuple[Path, Path]:
+    """Affine (one thread, :mod:`ketabids.processing.one_thread`) then SyN (any thread count);
+    the composite forward and inverse transforms, rewritten without HDF5 time stamps."""
+    from ketabids.processing.one_thread import call_in_one_thread
 
-    Linear stages run at about 12, 6 and 3 mm whatever the template ``spacing``; the SyN levels
-    halve the resolution from the template grid upwards.
-    """
-    mi = f"MI[{fixed},{moving},1,32,Regular,0.25]"
-    linear_shrink = shrink_factors(LINEAR_LEVELS_MM, spacing)
-    args = ["-d", "3", "-r", f"[{fixed},{moving},1]", "--float", "1", "--random-seed", str(ants_seed(seed))]
-    args += _stage(mi, "Rigid[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
-    args += _stage(mi, "Affine[0.1]", "500x250x100", linear_shrink, "4x2x1mm")
-    levels = len(syn_iterations.split("x"))
-    shrink = "x".join(str(2**i) for i in reversed(range(levels)))
-    smooth = "x".join(str(i) for i in reversed(range(levels))) + "vox"
-    args += _stage(f"CC[{fixed},{moving},1,2]", "SyN[0.2,3,0]", syn_iterations, shrink, smooth)
-    args += ["-x", f"[{fixed_mask},NULL]", "-o", f"[{out_prefix}]", "--write-composite-transform", "1"]
-    args += ["-z", "1", "-v", "0"]
-    return args
+    affine = call_in_one_thread(
+        fit_affine, fixed, moving, fixed_mask, out_prefix + "affine_", seed=seed, spacing=spacing
+    )
+    run_ants_registration(
+        syn_args(fixed, moving, fixed_mask, affine, out_prefix, syn_iterations=syn_iterations)
+    )
+    forward, inverse = Path(out_prefix + "Composite.h5"), Path(out_prefix + "InverseComposite.h5")
+    for transform in (forward, inverse):
+        drop_time_stamps(transform)
+    return forward, inverse
 
 
 def register_to_template(
@@ -146,7 +196,6 @@ def register_to_template(
     ``template_spacing`` defaults to the input's finest voxel size, but at least 2 mm.
     """
     import ants
-    from ants.internal import get_lib_fn
 
     out_dir = Path(out_dir)
     brain = nib.load(str(moving_file))
@@ -156,16 +205,10 @@ def register_to_template(
         zooms = brain.header.get_zooms()[:3]
         template_spacing = max(MIN_TEMPLATE_SPACING_MM, round(float(min(zooms)), 1))
     fixed, fixed_mask = template_fixed_image(template_spacing, out_dir)
-    prefix = str(out_dir / "reg_")
-    args = registration_args(
-        fixed, cropped, fixed_mask, prefix, seed=seed, spacing=template_spacing, syn_iterations=syn_iterations
-    )
-    status = get_lib_fn("antsRegistration")([str(a) for a in args])
-    if status != 0:
-        raise RuntimeError(f"antsRegistration failed with status {status}")
-    forward, inverse = Path(prefix + "Composite.h5"), Path(prefix + "InverseComposite.h5")
-    for transform in (forward, inverse):
-        drop_time_stamps(transform)
+    forward, inverse = register(
+        fixed, cropped, fixed_mask, str(out_dir / "reg_"), seed=seed, spacing=template_spacing,
+        syn_iterations=syn_iterations,
+    )  # fmt: skip
     template = ants.image_read(str(template_output_grid(out_dir)))
     moving = ants.image_read(str(moving_file))
     warped = ants.apply_transforms(template, moving, [str(forward)], interpolator="linear")
@@ -263,7 +306,6 @@ def template_mask_to_image(
     brain's outer boundary drives the deformation.
     """
     import ants
-    from ants.internal import get_lib_fn
     from scipy import ndimage
 
     out_dir = Path(out_dir)
@@ -274,22 +316,13 @@ def template_mask_to_image(
     )
     grown_path = out_dir / f"template_mask_{spacing:g}mm_grown.nii.gz"
     nib.Nifti1Image(grown.astype(np.float32), mask_img.affine).to_filename(str(grown_path))
-    prefix = str(out_dir / "bet_")
-    args = registration_args(
-        fixed,
-        Path(moving_file),
-        grown_path,
-        prefix,
-        seed=seed,
-        spacing=spacing,
+    _, inverse = register(
+        fixed, Path(moving_file), grown_path, str(out_dir / "bet_"), seed=seed, spacing=spacing,
         syn_iterations=syn_iterations,
-    )
-    status = get_lib_fn("antsRegistration")([str(a) for a in args])
-    if status != 0:
-        raise RuntimeError(f"antsRegistration (brain extraction) failed with status {status}")
+    )  # fmt: skip
     template = load_template().mask  # 1 mm, grown by MASK_GROW_MM voxels of 1 mm
     brain = ndimage.binary_dilation(template.get_fdata() > 0.5, iterations=MASK_GROW_MM)
     mask = ants.from_nibabel_nifti(nib.Nifti1Image(brain.astype(np.float32), template.affine))
     reference = ants.image_read(str(moving_file))
-    warped = ants.apply_transforms(reference, mask, [prefix + "InverseComposite.h5"], interpolator="linear")
+    warped = ants.apply_transforms(reference, mask, [str(inverse)], interpolator="linear")
     return warped.numpy()

@@ -1,10 +1,9 @@
-"""Brain extraction on whole-head phantoms with neck: deepbet vs the template fallback.
+"""Brain extraction (deepbet) on whole-head phantoms with neck.
 
 For each phantom (anatomy seed, head scale, field of view reaching the neck) prints the Dice of
-each method's mask against the phantom's truth intracranial mask, its volume against the truth and
-against deepbet's, its Dice with the same method's 1-thread mask, and the wall time; the template
-fallback runs with 1 and with ``--threads`` ITK threads (each run in its own process, so the
-thread count applies).
+deepbet's mask against the phantom's truth intracranial mask, its volume against the truth, its
+Dice with the 1-thread mask when run with ``--threads``, and the wall time (each run in its own
+process, so the thread count applies).
 
     python benchmarks/bench_brain_extraction.py --work /tmp/bench_bet [--voxel 1.0] [--n 3] [--threads 2]
 """
@@ -33,11 +32,7 @@ PHANTOMS = [  # anatomy seed, acquisition seed, head scale, FOV (LR, AP, SI) mm
 RUN_ONE = """
 import sys
 from ketabids.processing import brain
-method, t1w, out = sys.argv[1:4]
-if method == "deepbet":
-    brain.deepbet_mask(t1w, out)
-else:
-    brain.template_mask(t1w, out, seed=1)
+brain.deepbet_mask(*sys.argv[1:3])
 """
 
 
@@ -63,14 +58,14 @@ def make_phantoms(work: Path, voxel: float, n: int) -> list[Path]:
     return paths
 
 
-def run(method: str, t1w: Path, out: Path, threads: int) -> float:
+def run(t1w: Path, out: Path, threads: int) -> float:
     """Run one brain extraction in its own process; return its wall time (s)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     for variable in ("ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[variable] = str(threads)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", RUN_ONE, method, str(t1w), str(out)], check=True, env=env)
+    subprocess.run([sys.executable, "-c", RUN_ONE, str(t1w), str(out)], check=True, env=env)
     return time.perf_counter() - start
 
 
@@ -86,30 +81,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    runs = [("deepbet", 1), ("template", 1), ("template", args.threads)]
-    print(
-        "phantom\tmethod\tthreads\tdice\tvolume_L\ttruth_L\tvs_truth_%\tvs_deepbet_%\tdice_vs_1thread\ttime_s",
-        flush=True,
-    )
+    print("phantom\tthreads\tdice\tvolume_L\ttruth_L\tvs_truth_%\tdice_vs_1thread\ttime_s", flush=True)
     for t1w in make_phantoms(args.work, args.voxel, args.n):
         name = t1w.name.replace("_T1w.nii.gz", "")
         truth_img = nib.load(str(t1w.with_name(name + "_truth.nii.gz")))
-        deepbet_volume, single = None, {}
-        for method, threads in runs:
-            out = args.work / name / f"{method}_{threads}" / "brain_mask.nii.gz"
-            seconds = run(method, t1w, out, threads)
+        single = None
+        for threads in sorted({1, args.threads}):
+            out = args.work / name / f"deepbet_{threads}" / "brain_mask.nii.gz"
+            seconds = run(t1w, out, threads)
             mask_img = nib.load(str(out))
             mask = np.asanyarray(mask_img.dataobj) > 0
             truth = resample_from_to(truth_img, mask_img, order=1).get_fdata() >= 0.5
             voxel_mm3 = abs(np.linalg.det(mask_img.affine[:3, :3]))
             volume, truth_volume = mask.sum() * voxel_mm3 / 1e6, truth.sum() * voxel_mm3 / 1e6
-            if method == "deepbet":
-                deepbet_volume = volume
-            single.setdefault(method, mask)  # the 1-thread mask, to compare with more threads
+            single = mask if single is None else single  # the 1-thread mask, to compare with more threads
             print(
-                f"{name}\t{method}\t{threads}\t{dice(mask, truth):.4f}\t{volume:.4f}\t{truth_volume:.4f}\t"
-                f"{100 * (volume / truth_volume - 1):+.1f}\t{100 * (volume / deepbet_volume - 1):+.1f}\t"
-                f"{dice(mask, single[method]):.4f}\t{seconds:.1f}",
+                f"{name}\t{threads}\t{dice(mask, truth):.4f}\t{volume:.4f}\t{truth_volume:.4f}\t"
+                f"{100 * (volume / truth_volume - 1):+.1f}\t{dice(mask, single):.4f}\t{seconds:.1f}",
                 flush=True,
             )
 

@@ -26,18 +26,18 @@ from pathlib import Path
 from ketabids.bids import T1wInput
 from ketabids.participant import run_participant_level
 from ketabids.settings import ParticipantSettings
-bids, root, threads, method = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+bids, root, threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 path = bids / "sub-a" / "anat" / "sub-a_T1w.nii.gz"
 settings = ParticipantSettings(bids_dir=bids, output_dir=root / "out", work_dir=root / "work",
-    participant_labels=("a",), nprocs=1, omp_nthreads=threads, brain_extraction=method)
+    participant_labels=("a",), nprocs=1, omp_nthreads=threads)
 sys.exit(1 if run_participant_level(settings, [T1wInput("a", None, path, (path,))]) else 0)
 """
 
 
-def run(bids: Path, root: Path, threads: int, brain_extraction: str) -> float:
+def run(bids: Path, root: Path, threads: int) -> float:
     """One participant run in a fresh process (ITK reads its thread count once per process)."""
     start = time.time()
-    args = [sys.executable, "-c", RUN_ONE, str(bids), str(root), str(threads), brain_extraction]
+    args = [sys.executable, "-c", RUN_ONE, str(bids), str(root), str(threads)]
     if subprocess.run(args, check=False).returncode != 0:
         raise SystemExit(f"run with {threads} thread(s) failed; see {root / 'work'}")
     return time.time() - start
@@ -50,7 +50,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--voxel", type=float, default=4.0)
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 1, 2])
-    parser.add_argument("--brain-extraction", default="deepbet", choices=["deepbet", "template"])
     args = parser.parse_args()
     from ketabids.simulate.phantom import make_phantom
 
@@ -63,7 +62,7 @@ def main() -> None:
     for i, threads in enumerate(args.threads):
         root = args.work / f"run{i}_threads{threads}"
         print(
-            f"run {i}: {threads} thread(s), {run(bids, root, threads, args.brain_extraction):.0f} s",
+            f"run {i}: {threads} thread(s), {run(bids, root, threads):.0f} s",
             flush=True,
         )
         anats.append(root / "out" / "sub-a" / "anat")

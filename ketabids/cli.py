@@ -168,12 +168,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     part = parser.add_argument_group("participant level")
     part.add_argument(
-        "--brain-extraction",
-        choices=["deepbet", "template"],
-        default="deepbet",
-        help="deepbet (CNN, weights bundled) or template (registration-based, no torch)",
-    )
-    part.add_argument(
         "--slurm",
         action="store_true",
         help="submit a Slurm job array (one task per participant whose outputs are incomplete, "
@@ -421,7 +415,6 @@ def _run_participant(args: argparse.Namespace, bids_dir: Path, output_dir: Path,
         omp_nthreads=args.omp_nthreads or max(1, available_cpus() // args.nprocs),
         mem_gb=args.mem_gb,
         random_seed=args.random_seed,
-        brain_extraction=args.brain_extraction,
     )
     LOGGER.info("participant level: %d T1w image(s) -> %s", len(inputs), output_dir)
     if slurm is not None:

@@ -89,7 +89,6 @@ def build_workflow(settings: ParticipantSettings, inputs: Sequence[T1wInput]):
             atlas=settings.atlas,
             omp_nthreads=threads,
             seed=settings.random_seed,
-            brain_extraction=settings.brain_extraction,
         )
         for item in inputs
     ])  # fmt: skip

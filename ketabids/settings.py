@@ -20,7 +20,6 @@ class ParticipantSettings:
     omp_nthreads: int = 1
     mem_gb: float = 4.0
     random_seed: int = 0
-    brain_extraction: str = "deepbet"
 
 
 @dataclass(frozen=True)

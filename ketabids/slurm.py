@@ -136,7 +136,7 @@ def task_argv(
     argv += ["--skip-bids-validation", "-w", str(Path(settings.work_dir) / f"sub-{subject}")]
     argv += ["--nprocs", str(settings.nprocs), "--omp-nthreads", str(settings.omp_nthreads)]
     argv += ["--mem-gb", str(settings.mem_gb), "--random-seed", str(settings.random_seed)]
-    argv += ["--atlas", settings.atlas, "--brain-extraction", settings.brain_extraction]
+    argv += ["--atlas", settings.atlas]
     return argv + ["-v"] * verbose
 
 

@@ -74,13 +74,6 @@ def test_largest_component_and_apply_mask(tmp_path):
     assert out.sum() == 27 * 5.0
 
 
-def test_robust_fov_keeps_height_below_the_vertex():
-    data = np.zeros((10, 10, 100), np.float32)
-    data[2:8, 2:8, 5:90] = 100.0  # head + neck from slice 5 to 89
-    keep = brain.robust_fov(data, (2.0, 2.0, 2.0), height_mm=60.0)
-    assert (keep.start, keep.stop) == (60, 90)
-
-
 def test_hard_segmentation_takes_most_probable_tissue_inside_mask():
     probs = np.array([[[0.6, 0.3, 0.1], [0.1, 0.2, 0.7], [0.2, 0.5, 0.3], [0.9, 0.1, 0.0]]])
     mask = np.array([[1, 1, 1, 0]])

@@ -400,13 +400,12 @@ def test_report_names_the_brain_extraction_that_ran_and_judges_each_metric(
     qc = {**PLAUSIBLE_QC, "registration_correlation": 0.62, "qc_flag": 1,
           "qc_reasons": "registration_correlation 0.62 < 0.7"}  # fmt: skip
     inputs = SessionInputs(
-        None, images["t1w"], None, None, None, regional, TISSUE, qc, brain_extraction="template"
+        None, images["t1w"], None, None, None, regional, TISSUE, qc, brain_extraction="deepbet"
     )
     text = write_subject_report(
         tmp_path / "sub-01.html", subject="01", sessions=[inputs], atlas="aal"
     ).read_text()
-    assert "<th>Brain extraction</th><td>template</td>" in text
-    assert "without a neural network" in text and "extracted with deepbet" not in text
+    assert "<th>Brain extraction</th><td>deepbet</td>" in text and "extracted with deepbet" in text
     assert "registration_correlation 0.62 &lt; 0.7" in text  # the reason, next to the verdict
     rows = {row["key"]: row for row in qc_table(qc)}
     assert (
@@ -419,8 +418,6 @@ def test_report_names_the_brain_extraction_that_ran_and_judges_each_metric(
 
 def test_methods_name_the_brain_extraction_that_ran() -> None:
     deepbet = participant_methods("aal", {"deepbet": "1.0.2"}).text
-    template = participant_methods("aal", {"deepbet": "1.0.2"}, brain_extraction=("template",)).text
-    assert "extracted with deepbet 1.0.2" in deepbet and "without a neural network" not in deepbet
-    assert "without a neural network" in template and "deepbet" not in template
-    with pytest.raises(ValueError, match="bet"):
-        participant_methods("aal", {}, brain_extraction=("bet",))
+    assert "extracted with deepbet 1.0.2" in deepbet
+    with pytest.raises(ValueError, match="template"):  # the fallback removed in issue 7
+        participant_methods("aal", {}, brain_extraction=("template",))

@@ -21,7 +21,7 @@ def edges(wf) -> set[tuple[str, str, str, str]]:
 
 
 def test_anat_preproc_graph():
-    wf = init_anat_preproc_wf(omp_nthreads=2, brain_extraction="template", seed=3)
+    wf = init_anat_preproc_wf(omp_nthreads=2, seed=3)
     assert set(wf.list_node_names()) == {
         "inputnode", "reorient", "brain_extraction", "n4", "mask_brain", "outputnode"
     }  # fmt: skip
@@ -35,7 +35,7 @@ def test_anat_preproc_graph():
         ("mask_brain", "out_file", "outputnode", "t1w_brain"),
     } <= edges(wf)
     bet = wf.get_node("brain_extraction")
-    assert (bet.inputs.method, bet.inputs.seed, bet.inputs.num_threads, bet.n_procs) == ("template", 3, 2, 2)
+    assert (bet.inputs.seed, bet.inputs.num_threads, bet.n_procs) == (3, 2, 2)
 
 
 def test_registration_graph_passes_seed_and_threads():

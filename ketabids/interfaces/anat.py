@@ -59,7 +59,6 @@ class N4BiasCorrection(SimpleInterface):
 
 class _BrainExtractionInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="whole-head T1w in RAS, not bias-corrected")
-    method = traits.Enum("deepbet", "template", usedefault=True, desc="deepbet CNN or template fallback")
     seed = traits.Int(0, usedefault=True, desc="random seed")
     num_threads = traits.Int(1, usedefault=True, desc="threads")
 
@@ -69,7 +68,7 @@ class _BrainExtractionOutputSpec(TraitedSpec):
 
 
 class BrainExtraction(SimpleInterface):
-    """Brain mask (:mod:`ketabids.processing.brain`)."""
+    """Brain mask from deepbet (:func:`ketabids.processing.brain.deepbet_mask`)."""
 
     input_spec = _BrainExtractionInputSpec
     output_spec = _BrainExtractionOutputSpec
@@ -79,10 +78,7 @@ class BrainExtraction(SimpleInterface):
 
         limit_threads(self.inputs.num_threads)
         mask = os.path.join(runtime.cwd, "brain_mask.nii.gz")
-        if self.inputs.method == "deepbet":
-            brain.deepbet_mask(self.inputs.in_file, mask, seed=self.inputs.seed)
-        else:
-            brain.template_mask(self.inputs.in_file, mask, seed=self.inputs.seed)
+        brain.deepbet_mask(self.inputs.in_file, mask, seed=self.inputs.seed)
         self._results["out_mask"] = mask
         return runtime
 

@@ -16,7 +16,6 @@ class _MorphometryInputSpec(BaseInterfaceInputSpec):
     atlas_labels = File(exists=True, mandatory=True, desc="atlas labels on the T1w grid")
     atlas = traits.Str(mandatory=True, desc="atlas name")
     t1w_in_template = File(exists=True, mandatory=True, desc="T1w resampled to the template")
-    brain_extraction = traits.Str("deepbet", usedefault=True, desc="brain-extraction method that ran")
 
 
 class _MorphometryOutputSpec(TraitedSpec):
@@ -31,6 +30,7 @@ class Morphometry(SimpleInterface):
     output_spec = _MorphometryOutputSpec
 
     def _run_interface(self, runtime):
+        from ketabids.processing.brain import METHOD
         from ketabids.processing.volumes import measure
 
         inputs = self.inputs
@@ -43,7 +43,7 @@ class Morphometry(SimpleInterface):
             atlas_labels=inputs.atlas_labels,
             atlas=inputs.atlas,
             t1w_in_template=inputs.t1w_in_template,
-            brain_extraction=inputs.brain_extraction,
+            brain_extraction=METHOD,
         )
         for name, table in (("regional", regional), ("tissue", tissue)):
             path = os.path.join(runtime.cwd, f"{name}.tsv")

@@ -28,14 +28,6 @@ MIN_TEMPLATE_SPACING_MM = 2.0
 SYN_ITERATIONS = "100x50x20"
 LINEAR_LEVELS_MM = (12.0, 6.0, 3.0)  # resolutions of the rigid and affine stages
 OUTPUT_SPACING_MM = 1.5  # grid of the template-space outputs (full MNI field of view)
-MASK_TEMPLATE_SPACING_MM = 2.0  # template grid of the brain-extraction fallback's registration
-MASK_SYN_ITERATIONS = "40x20"
-MASK_MARGIN_MM = 6.0  # the template mask grown by this restricts that registration's metric
-# The template brain mask hugs the brain; grown by 1 mm it takes in external CSF as the intracranial
-# cavity does (2 mm phantoms: Dice with the truth cavity 0.943 -> 0.96, volume -10 % -> -5 %, deepbet
-# -6 %). Open problem: the fallback's mask grows with resolution. At 1 mm (one phantom) the grown mask
-# gave Dice 0.950 and +11 % volume vs deepbet; without growth 0.957 and +3 %, but -10 % at 3 mm.
-MASK_GROW_MM = 1
 
 
 @dataclass(frozen=True)
@@ -289,40 +281,3 @@ def warp_atlas(
     out.set_data_dtype(np.int16)
     out.to_filename(str(out_file))
     return Path(out_file)
-
-
-def template_mask_to_image(
-    moving_file: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    *,
-    seed: int = 0,
-    spacing: float = MASK_TEMPLATE_SPACING_MM,
-    syn_iterations: str = MASK_SYN_ITERATIONS,
-) -> np.ndarray:
-    """Register a roughly brain-extracted head to the template brain (rigid, affine, SyN) and return
-    the template brain mask, grown by ``MASK_GROW_MM``, on the moving grid (values in [0, 1]).
-
-    The metric is restricted to the template mask dilated by ``MASK_MARGIN_MM``, so that the
-    brain's outer boundary drives the deformation.
-    """
-    import ants
-    from scipy import ndimage
-
-    out_dir = Path(out_dir)
-    fixed, fixed_mask = template_fixed_image(spacing, out_dir)
-    mask_img = nib.load(str(fixed_mask))
-    grown = ndimage.binary_dilation(
-        mask_img.get_fdata() > 0.5, iterations=max(1, round(MASK_MARGIN_MM / spacing))
-    )
-    grown_path = out_dir / f"template_mask_{spacing:g}mm_grown.nii.gz"
-    nib.Nifti1Image(grown.astype(np.float32), mask_img.affine).to_filename(str(grown_path))
-    _, inverse = register(
-        fixed, Path(moving_file), grown_path, str(out_dir / "bet_"), seed=seed, spacing=spacing,
-        syn_iterations=syn_iterations,
-    )  # fmt: skip
-    template = load_template().mask  # 1 mm, grown by MASK_GROW_MM voxels of 1 mm
-    brain = ndimage.binary_dilation(template.get_fdata() > 0.5, iterations=MASK_GROW_MM)
-    mask = ants.from_nibabel_nifti(nib.Nifti1Image(brain.astype(np.float32), template.affine))
-    reference = ants.image_read(str(moving_file))
-    warped = ants.apply_transforms(reference, mask, [str(inverse)], interpolator="linear")
-    return warped.numpy()

@@ -179,14 +179,14 @@ def _cite(keys: Sequence[str], cited: list[str]) -> str:
     return "[" + ", ".join(str(cited.index(key) + 1) for key in keys) + "]"
 
 
-BRAIN_EXTRACTION = ("deepbet", "template")
+BRAIN_EXTRACTION = ("deepbet",)
 
 
 def participant_methods(
     atlas: str, software: Mapping[str, str] | None = None, *, brain_extraction: Sequence[str] = ("deepbet",)
 ) -> Methods:
     """The participant-level methods paragraph for ``atlas``, with versions from ``software``, naming
-    the brain-extraction method(s) that ran (``deepbet`` and/or ``template``)."""
+    the brain-extraction method(s) that ran (``BRAIN_EXTRACTION``)."""
     unknown = set(brain_extraction) - set(BRAIN_EXTRACTION)
     if unknown or not brain_extraction:
         raise ValueError(f"unknown brain-extraction method(s): {sorted(unknown) or 'none given'}")
@@ -251,16 +251,7 @@ def participant_methods(
 
 
 def _brain_extraction_sentence(method: str, version: Callable[[str], str], cite: Callable[..., str]) -> str:
-    if method == "deepbet":
-        return (
-            f"The brain was extracted with deepbet {version('deepbet')} {cite('deepbet')}, a "
-            "convolutional neural network run on the CPU."
-        )
     return (
-        "The brain was extracted without a neural network, after the approach of antsBrainExtraction "
-        f"{cite('antsx')}: the head was cropped 180 mm below the vertex and bias-corrected with N4, a "
-        "rough brain found by intensity thresholding and morphology was registered to the template "
-        "brain (rigid, affine and SyN, with the metric restricted to the dilated template brain mask), "
-        "and the template brain mask, grown by 1 mm to take in the external CSF, was brought back into "
-        "native space through the inverse transform."
+        f"The brain was extracted with {method} {version(method)} {cite(method)}, a "
+        "convolutional neural network run on the CPU."
     )

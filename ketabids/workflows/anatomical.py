@@ -9,9 +9,9 @@ from ketabids.interfaces.anat import ApplyMask, BrainExtraction, N4BiasCorrectio
 
 
 def init_anat_preproc_wf(
-    *, omp_nthreads: int = 1, brain_extraction: str = "deepbet", seed: int = 0, name: str = "anat_preproc_wf"
+    *, omp_nthreads: int = 1, seed: int = 0, name: str = "anat_preproc_wf"
 ) -> pe.Workflow:
-    """Reorient (lossless), extract the brain on the raw image, fit N4 within the brain mask.
+    """Reorient (lossless), extract the brain (deepbet) on the raw image, fit N4 within the brain mask.
 
     inputnode: ``t1w``; outputnode: ``t1w_preproc`` (bias-corrected, whole head), ``brain_mask``,
     ``t1w_brain`` (bias-corrected, zero outside the mask).
@@ -23,7 +23,7 @@ def init_anat_preproc_wf(
     )
     reorient = pe.Node(Reorient(), name="reorient")
     bet = pe.Node(
-        BrainExtraction(method=brain_extraction, seed=seed, num_threads=omp_nthreads),
+        BrainExtraction(seed=seed, num_threads=omp_nthreads),
         name="brain_extraction",
         n_procs=omp_nthreads,
         mem_gb=2.0,

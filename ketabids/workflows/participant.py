@@ -28,17 +28,16 @@ def init_participant_wf(
     atlas: str = "neuromorphometrics",
     omp_nthreads: int = 1,
     seed: int = 0,
-    brain_extraction: str = "deepbet",
     name: str | None = None,
 ) -> pe.Workflow:
     """All stages for one T1w; writes its derivatives into ``output_dir``."""
     wf = pe.Workflow(name=name or participant_wf_name(subject, session))
     inputnode = pe.Node(IdentityInterface(fields=["t1w"]), name="inputnode")
     inputnode.inputs.t1w = str(t1w_file)
-    anat = init_anat_preproc_wf(omp_nthreads=omp_nthreads, brain_extraction=brain_extraction, seed=seed)
+    anat = init_anat_preproc_wf(omp_nthreads=omp_nthreads, seed=seed)
     reg = init_registration_wf(omp_nthreads=omp_nthreads, seed=seed)
     seg = init_segmentation_wf(omp_nthreads=omp_nthreads, seed=seed)
-    vol = init_volumes_wf(atlas=atlas, omp_nthreads=omp_nthreads, brain_extraction=brain_extraction)
+    vol = init_volumes_wf(atlas=atlas, omp_nthreads=omp_nthreads)
     out = init_outputs_wf(source_file=str(t1w_file), output_dir=str(output_dir), atlas=atlas)
     wf.connect([
         (inputnode, anat, [("t1w", "inputnode.t1w")]),

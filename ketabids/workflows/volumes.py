@@ -12,9 +12,7 @@ INPUT_FIELDS = ["t1w_preproc", "brain_mask", "gm", "wm", "csf", "forward", "inve
 OUTPUT_FIELDS = ["regional", "tissue", "modulated_gm", "atlas_dseg", "atlas_labels"]
 
 
-def init_volumes_wf(
-    *, atlas: str, omp_nthreads: int = 1, brain_extraction: str = "deepbet", name: str = "volumes_wf"
-) -> pe.Workflow:
+def init_volumes_wf(*, atlas: str, omp_nthreads: int = 1, name: str = "volumes_wf") -> pe.Workflow:
     """inputnode: ``INPUT_FIELDS``; outputnode: ``regional``, ``tissue`` (TSV), ``modulated_gm``,
     ``atlas_dseg`` (the atlas labels on the T1w grid) and ``atlas_labels`` (their label table)."""
     wf = pe.Workflow(name=name)
@@ -23,9 +21,7 @@ def init_volumes_wf(
     warp_atlas = pe.Node(
         WarpAtlas(atlas=atlas, num_threads=omp_nthreads), name="warp_atlas", n_procs=omp_nthreads
     )
-    morphometry = pe.Node(
-        Morphometry(atlas=atlas, brain_extraction=brain_extraction), name="morphometry", mem_gb=1.5
-    )
+    morphometry = pe.Node(Morphometry(atlas=atlas), name="morphometry", mem_gb=1.5)
     modulate = pe.Node(
         ModulatedGM(num_threads=omp_nthreads), name="modulate", n_procs=omp_nthreads, mem_gb=1.5
     )

@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
 from ketabids.errors import KetabidsError, UsageError
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Future
+
+T = TypeVar("T")
 
 LOGGER = logging.getLogger("ketabids.group")
 BACKENDS = ("loky", "dask")
@@ -143,24 +145,25 @@ def parallel_workers(
 
 
 @contextmanager
-def shared(*objects: object) -> Iterator[None]:
-    """Send ``objects`` once to every Dask worker for the block's joblib calls (no-op with loky).
+def shared(obj: T) -> Iterator[T | Future]:
+    """``obj`` as the block's joblib calls should receive it: itself with loky; with Dask, a future
+    of it sent once to every worker.
 
-    Otherwise joblib sends each large argument to one worker, and Dask, which prefers the
-    worker holding a task's data, can queue every chunk on that one worker while others idle.
+    Otherwise joblib sends each large argument to one worker, and Dask, which prefers the worker
+    holding a task's data, can queue every chunk on that one worker while others idle. The copy
+    goes under a fresh key (``hash=False``): joblib's own ``scatter=`` names it by its content, so
+    the CV and then the permutations of one analysis reused one key while the first copy was being
+    released, and the permutations' tasks failed with "lost dependencies" on a loaded machine.
     """
-    from joblib import parallel_config
     from joblib.parallel import get_active_backend
 
     backend, _ = get_active_backend()
     client = getattr(backend, "client", None)
     if client is None:
-        yield
+        yield obj
         return
-    with parallel_config(
-        backend="dask",
-        client=client,
-        scatter=list(objects),
-        wait_for_workers_timeout=backend.wait_for_workers_timeout,
-    ):
-        yield
+    [future] = client.scatter([obj], broadcast=True, hash=False)
+    try:
+        yield future
+    finally:
+        future.release()

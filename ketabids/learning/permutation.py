@@ -72,9 +72,9 @@ def prepare_analysis(
     splits = plan_cv(rows, y[rows].astype(int), protocol, seed)
     final = make_split(rows, y[rows].astype(int), list(apply_sets.values()), protocol.inner_folds, seed)
     chunks = [splits[i::n_jobs] for i in range(n_jobs)] if n_jobs > 1 else [splits]
-    with shared(data):
+    with shared(data) as on_workers:
         prepared = Parallel(n_jobs=len(chunks))(
-            delayed(_prepare_all)(data, chunk, protocol.classifier) for chunk in chunks
+            delayed(_prepare_all)(on_workers, chunk, protocol.classifier) for chunk in chunks
         )
     ordered: list[Prepared] = [None] * len(splits)  # type: ignore[list-item]
     for i, chunk in enumerate(prepared):
@@ -111,9 +111,9 @@ def cross_validate(
 ) -> CVResult:
     """The repeated nested CV with labels ``y``, its repeats run in up to ``n_jobs`` parallel chunks."""
     chunks = np.array_split(np.arange(protocol.cv_repeats), min(n_jobs, protocol.cv_repeats))
-    with shared(analysis):
+    with shared(analysis) as on_workers:
         parts = Parallel(n_jobs=len(chunks))(
-            delayed(_cv_chunk)(analysis, y, protocol, chunk, want_weights) for chunk in chunks
+            delayed(_cv_chunk)(on_workers, y, protocol, chunk, want_weights) for chunk in chunks
         )
     return CVResult(
         decision=np.concatenate([part.decision for part in parts]),
@@ -178,9 +178,9 @@ def null_distribution(
         return pd.DataFrame()
     n_chunks = max(1, min(n_jobs, n_permutations))
     chunks = [list(range(i, n_permutations, n_chunks)) for i in range(n_chunks)]
-    with shared(analysis):
+    with shared(analysis) as on_workers:
         results = Parallel(n_jobs=n_chunks)(
-            delayed(_run_chunk)(analysis, y, protocol, seed, chunk) for chunk in chunks
+            delayed(_run_chunk)(on_workers, y, protocol, seed, chunk) for chunk in chunks
         )
     rows = [row for chunk in results for row in chunk]
     return pd.DataFrame(rows).sort_values("permutation").reset_index(drop=True)

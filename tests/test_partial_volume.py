@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -93,17 +95,18 @@ def _old_posterior_gm(files, priors) -> float:
     """What the previous model summed: Atropos GM posteriors with prior weight 0.25."""
     import ants
 
-    result = ants.atropos(
-        a=ants.image_read(str(files["t1w"])),
-        x=ants.image_read(str(files["mask"])),
-        i=[ants.image_read(str(p)) for p in priors],
-        m=segmentation.MRF,
-        c=segmentation.ITERATIONS,
-        priorweight=0.25,
-        r=0,
-        verbose=0,
-    )
-    return float(result["probabilityimages"][0].numpy().sum())
+    with segmentation.scratch_tempdir(Path(priors[0]).parent):  # atropos leaves its images behind
+        result = ants.atropos(
+            a=ants.image_read(str(files["t1w"])),
+            x=ants.image_read(str(files["mask"])),
+            i=[ants.image_read(str(p)) for p in priors],
+            m=segmentation.MRF,
+            c=segmentation.ITERATIONS,
+            priorweight=0.25,
+            r=0,
+            verbose=0,
+        )
+        return float(result["probabilityimages"][0].numpy().sum())
 
 
 def test_pv_gm_recovers_truth_and_ignores_a_shifted_prior(sphere, tmp_path):

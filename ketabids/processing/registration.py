@@ -132,13 +132,13 @@ def syn_args(
     return [*args, "-z", "1", "-v", "0"]
 
 
-def run_ants_registration(args: list[str], what: str = "antsRegistration") -> None:
+def run_ants_registration(args: list[str]) -> None:
     """Run ``antsRegistration`` in this process; raise ``RuntimeError`` on a non-zero status."""
     from ants.internal import get_lib_fn
 
     status = get_lib_fn("antsRegistration")([str(a) for a in args])
     if status != 0:
-        raise RuntimeError(f"{what} failed with status {status}")
+        raise RuntimeError(f"antsRegistration failed with status {status}")
 
 
 def fit_affine(

@@ -10,6 +10,7 @@ from importlib import metadata
 from ketabids import __version__
 from ketabids.data import ATLASES, TEMPLATE_NAME
 from ketabids.data.atlases import SOURCES
+from ketabids.processing.brain import METHOD
 
 # Distributions whose versions a report lists, in this order (ketabids and Python are added first).
 SOFTWARE_PACKAGES: tuple[str, ...] = (
@@ -179,11 +180,14 @@ def _cite(keys: Sequence[str], cited: list[str]) -> str:
     return "[" + ", ".join(str(cited.index(key) + 1) for key in keys) + "]"
 
 
-BRAIN_EXTRACTION = ("deepbet",)
+BRAIN_EXTRACTION = (METHOD,)
 
 
 def participant_methods(
-    atlas: str, software: Mapping[str, str] | None = None, *, brain_extraction: Sequence[str] = ("deepbet",)
+    atlas: str,
+    software: Mapping[str, str] | None = None,
+    *,
+    brain_extraction: Sequence[str] = BRAIN_EXTRACTION,
 ) -> Methods:
     """The participant-level methods paragraph for ``atlas``, with versions from ``software``, naming
     the brain-extraction method(s) that ran (``BRAIN_EXTRACTION``)."""

@@ -37,7 +37,7 @@ from ketabids.reports.figures import (
     load_image,
     robust_max,
 )
-from ketabids.reports.methods import participant_methods, software_versions
+from ketabids.reports.methods import BRAIN_EXTRACTION, participant_methods, software_versions
 
 _HERE = Path(__file__).parent
 TISSUE_VOLUMES: dict[str, str] = {
@@ -214,7 +214,7 @@ def write_subject_report(
             raise ValueError(f"regional table of sub-{subject} lacks columns {sorted(missing)}")
     versions = dict(software) if software is not None else software_versions()
     ran = tuple(dict.fromkeys(s.brain_extraction for s in sessions if s.brain_extraction))
-    methods = participant_methods(atlas, versions, brain_extraction=ran or ("deepbet",))
+    methods = participant_methods(atlas, versions, brain_extraction=ran or BRAIN_EXTRACTION)
     context = {
         "subject": subject,
         "atlas": atlas,
